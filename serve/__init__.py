@@ -1,0 +1,1 @@
+"""Serving side: Flask app on onnxruntime (never torch, never the training package)."""
