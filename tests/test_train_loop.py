@@ -1,0 +1,110 @@
+"""One training step per architecture, checkpoints, exact resume, and Ctrl-C."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.train_helpers import tiny_config
+from train import loop
+from train.checkpoint import load_checkpoint
+from train.errors import TrainError
+from train.loop import Interrupted, fit
+
+
+def params(run_dir):
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    return state["step"], {**state["generator"], **{f"d.{k}": v for k, v in state["discriminator"].items()}}
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional):
+    cfg = tiny_config(tmp_path, arch=arch, conditional=conditional, steps=5, ema=0.9)
+    out = fit(cfg, progress=False)
+    step, after = params(out)
+    assert step == 5
+    fresh = loop.Run(cfg, loop.spec_for(cfg, loop.load_dataset("arrays", cfg.data)), torch.device("cpu"))
+    assert any(not torch.equal(after[k], v) for k, v in fresh.G.state_dict().items())
+    for name in ("config.json", "metrics.csv", "loss.png", "samples/final.png", "samples/epoch_0001.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]
+    for r in rows:
+        assert 0.0 < float(r["d_real"]) < 1.0 and 0.0 < float(r["d_fake"]) < 1.0
+    assert json.loads((out / "config.json").read_text())["arch"] == arch
+
+
+@pytest.mark.parametrize("options", [{}, {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1}])
+def test_resume_equals_uninterrupted(tmp_path, options):
+    straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
+    fit(tiny_config(tmp_path / "b", steps=3, ema=0.9, **options), progress=False)
+    resumed = fit(tiny_config(tmp_path / "b", steps=7, ema=0.9, **options), resume=True, progress=False)
+    s1, p1 = params(straight)
+    s2, p2 = params(resumed)
+    assert s1 == s2 == 7
+    for k in p1:
+        assert torch.equal(p1[k], p2[k]), k
+    e1 = load_checkpoint(straight / "checkpoint.pt")["ema"]
+    e2 = load_checkpoint(resumed / "checkpoint.pt")["ema"]
+    assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path, monkeypatch):
+    straight = fit(tiny_config(tmp_path / "a", steps=6), progress=False)
+    real_step = loop.Run.train_step
+
+    def interrupt_at_4(self, *args):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(loop.Run, "train_step", interrupt_at_4)
+    with pytest.raises(Interrupted, match="step 4"):
+        fit(tiny_config(tmp_path / "b", steps=6), progress=False)
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["step"] == 4
+    monkeypatch.setattr(loop.Run, "train_step", real_step)
+    resumed = fit(tiny_config(tmp_path / "b", steps=6), resume=True, progress=False)
+    p1, p2 = params(straight)[1], params(resumed)[1]
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    fit(tiny_config(tmp_path, steps=1), progress=False)
+    with pytest.raises(TrainError, match="--resume"):
+        fit(tiny_config(tmp_path, steps=2), progress=False)
+
+
+def test_resume_with_other_architecture_is_refused(tmp_path):
+    fit(tiny_config(tmp_path, arch="mlp", steps=1), progress=False)
+    with pytest.raises(TrainError, match="'mlp' checkpoint"):
+        fit(tiny_config(tmp_path, arch="dcgan", steps=2), resume=True, progress=False)
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    fit(tiny_config(tmp_path, steps=1), progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(TrainError, match="not a readable checkpoint"):
+        fit(tiny_config(tmp_path, steps=2), resume=True, progress=False)
+
+
+def test_unwritable_output_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainError, match="not writable"):
+        fit(tiny_config(tmp_path, out=str(tmp_path / "file" / "run")), progress=False)
+
+
+def test_conditional_needs_labels(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((16, 28, 28), np.uint8))
+    with pytest.raises(TrainError, match="needs labels"):
+        fit(tiny_config(tmp_path, data=str(tmp_path / "x.npy"), conditional=True), progress=False)
+
+
+def test_epoch_order_is_a_permutation_that_changes_per_epoch():
+    a, b = loop.epoch_order(0, 0, 100), loop.epoch_order(0, 1, 100)
+    assert sorted(a.tolist()) == list(range(100))
+    assert not torch.equal(a, b) and torch.equal(a, loop.epoch_order(0, 0, 100))

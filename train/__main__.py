@@ -1,0 +1,7 @@
+"""`python -m train`: the training command line."""
+
+import sys
+
+from train.cli import main
+
+sys.exit(main())

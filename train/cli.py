@@ -1,0 +1,147 @@
+"""Command line: `python -m train {fit,export,sample}`; user errors print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from train.config import TrainConfig
+from train.errors import TrainError
+
+DEFAULTS = TrainConfig()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-15' or '1,2,3' or '4,10-12' -> a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must look like '0-15' or '1,2,3', got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seeds given")
+    return seeds
+
+
+def add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="train a GAN", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--dataset", default=DEFAULTS.dataset,
+                   choices=["mnist", "fashion-mnist", "folder", "arrays"])
+    p.add_argument("--data", help="IDX directory (mnist, fashion-mnist), image folder, or .npy/.npz file")
+    p.add_argument("--download", action="store_true",
+                   help="download mnist/fashion-mnist into --data from the official mirrors (md5-checked)")
+    p.add_argument("--image-size", type=int, default=DEFAULTS.image_size, help="folder images are resized to this")
+    p.add_argument("--channels", type=int, default=DEFAULTS.channels, choices=[1, 3],
+                   help="folder images: 1 grayscale, 3 RGB")
+    p.add_argument("--arch", default=DEFAULTS.arch, choices=["mlp", "dcgan"])
+    p.add_argument("--latent-size", type=int, default=DEFAULTS.latent_size)
+    p.add_argument("--width", type=int, default=DEFAULTS.width, help="dcgan base feature maps")
+    p.add_argument("--conditional", action="store_true", help="class-conditional (labels in)")
+    p.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
+    p.add_argument("--loss", default=DEFAULTS.loss, choices=["bce", "hinge"])
+    p.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
+                   help="one-sided: real targets are 1 - this")
+    p.add_argument("--ema", type=float, default=DEFAULTS.ema,
+                   help="decay of the generator weight average (exported when > 0); 0 turns it off")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    p.add_argument("--steps", type=int, default=None, help="total steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--lr-g", type=float, default=DEFAULTS.lr_g)
+    p.add_argument("--lr-d", type=float, default=DEFAULTS.lr_d)
+    p.add_argument("--beta1", type=float, default=DEFAULTS.beta1)
+    p.add_argument("--beta2", type=float, default=DEFAULTS.beta2)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", default=DEFAULTS.out, help="run directory")
+    p.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="one step on random data (smoke test)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's generator to the model repository")
+    p.add_argument("run", type=Path, help="run directory (or checkpoint file)")
+    p.add_argument("--name", required=True, help="model name, e.g. mnist-dcgan")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--version", type=int, help="version number (default: next integer)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max abs difference torch vs onnxruntime allowed")
+    p.add_argument("--metrics", type=Path, help="evaluation JSON to record in model.json")
+
+
+def add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="write a PNG grid for seeds")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="run directory or checkpoint file")
+    src.add_argument("--model", type=Path, help="models/<name> (latest) or models/<name>/<version>")
+    p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-15"), help="'0-15' or '1,2,3'")
+    p.add_argument("--labels", type=parse_seeds, help="class labels (conditional models), one or per seed")
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_fit(sub)
+    add_export(sub)
+    add_sample(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = [f.name for f in fields(TrainConfig) if hasattr(args, f.name)]
+    return TrainConfig(**{name: getattr(args, name) for name in names})
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "fit":
+        from train.loop import Interrupted, fit
+
+        cfg = config_from_args(args)
+        if args.dry_run:
+            from train.loop import dry_run
+
+            print(dry_run(cfg))
+            return 0
+        try:
+            command = shlex.join(["python", "-m", "train", *sys.argv[1:]])
+            out = fit(cfg, resume=args.resume, progress=not args.no_progress, command=command)
+        except Interrupted as e:
+            print(e, file=sys.stderr)
+            return 130
+        print(f"run written to {out} (checkpoint.pt, samples/, metrics.csv, loss.png)")
+    elif args.command == "export":
+        from train.export import export
+
+        path = export(args.run, args.models_dir, args.name, args.version, args.opset,
+                      args.tolerance, args.metrics)
+        print(f"exported {path}")
+    elif args.command == "sample":
+        from train.sample import sample
+
+        print(f"wrote {sample(args.checkpoint, args.model, args.seeds, args.labels, args.out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_command(args)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2

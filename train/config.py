@@ -1,0 +1,44 @@
+"""The training configuration: one dataclass, filled from the command line or a test."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in checkpoints and model.json."""
+
+    dataset: str = "mnist"  # mnist, fashion-mnist, folder, arrays
+    data: str | None = None  # directory of IDX files, image folder, or .npy/.npz file
+    download: bool = False  # fetch mnist/fashion-mnist into `data` from the official mirrors
+    image_size: int = 28  # folder datasets are resized to this
+    channels: int = 1  # folder datasets: 1 (grayscale) or 3 (RGB)
+    arch: str = "dcgan"
+    latent_size: int = 100
+    width: int = 64
+    conditional: bool = False
+    spectral_norm: bool = False
+    loss: str = "bce"  # bce (non-saturating) or hinge
+    label_smoothing: float = 0.0  # one-sided: real targets are 1 - label_smoothing
+    ema: float = 0.0  # decay of the generator's weight average; 0 turns it off
+    epochs: int = 5
+    steps: int | None = None  # stop after this many steps in total (overrides epochs)
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    out: str = "runs/default"
+    log_every: int = 50
+    sample_count: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

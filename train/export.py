@@ -1,0 +1,175 @@
+"""Export a trained generator to the model repository: models/<name>/<version>/.
+
+The version directory is built under a hidden temporary name beside its target and
+renamed into place only after onnxruntime agrees with torch, so the service never sees a
+half-written or wrong version. The layout and model.json are described in
+docs/model-format.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serve import latent
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.errors import TrainError
+from train.models import Generator, ModelSpec
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+PARITY_SEEDS = list(range(8))
+FORMAT = 1
+
+
+def checkpoint_path(run: Path) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    run = Path(run)
+    return run / "checkpoint.pt" if run.is_dir() else run
+
+
+def load_generator(run: Path) -> tuple[Generator, dict]:
+    """The generator to publish (the weight average if the run kept one), in eval mode."""
+    state = load_checkpoint(checkpoint_path(run))
+    try:
+        spec = ModelSpec(**state["spec"])
+        G = Generator(spec)
+        G.load_state_dict(state["ema"] or state["generator"])
+    except (TypeError, KeyError, RuntimeError) as e:
+        raise TrainError(f"checkpoint does not hold a generator of this project: {e}") from None
+    return G.eval(), state
+
+
+def parity_inputs(spec: ModelSpec, seeds: list[int]) -> dict[str, np.ndarray]:
+    """The ONNX inputs for seeds under the latent spec (labels cycle through the classes)."""
+    feeds = {"z": latent.noise_for_seeds(seeds, spec.latent_size)}
+    if spec.num_classes:
+        feeds["labels"] = np.array([s % spec.num_classes for s in seeds], dtype=np.int64)
+    return feeds
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest existing version (1 for a new model)."""
+    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def export_onnx(G: Generator, path: Path, opset: int) -> None:
+    """Write G as ONNX: z [n, d] (+ labels [n]) -> images [n, C, H, W], dynamic n."""
+    spec = G.spec
+    z = torch.zeros(2, spec.latent_size)
+    args: tuple = (z,)
+    names = ["z"]
+    dynamic = {"z": {0: "n"}, "images": {0: "n"}}
+    if spec.num_classes:
+        args = (z, torch.zeros(2, dtype=torch.long))
+        names.append("labels")
+        dynamic["labels"] = {0: "n"}
+    torch.onnx.export(
+        G, args, str(path), input_names=names, output_names=["images"],
+        dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+    )
+
+
+def parity(G: Generator, onnx_path: Path, seeds: list[int]) -> float:
+    """Max abs difference between torch and onnxruntime on the same seeds."""
+    import onnxruntime as ort
+
+    feeds = parity_inputs(G.spec, seeds)
+    with torch.no_grad():
+        labels = torch.from_numpy(feeds["labels"]) if "labels" in feeds else None
+        expected = G(torch.from_numpy(feeds["z"]), labels).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(["images"], feeds)[0]
+    if got.shape != expected.shape:
+        raise TrainError(f"onnxruntime returned shape {got.shape}, torch {expected.shape}")
+    return float(np.abs(got - expected).max())
+
+
+def model_metadata(
+    name: str, version: int, G: Generator, state: dict, onnx_path: Path, opset: int,
+    max_abs_diff: float, metrics: dict,
+) -> dict:
+    """The model.json document (see docs/model-format.md)."""
+    spec = G.spec
+    cfg = TrainConfig.from_dict(state["config"])
+    inputs = [{"name": "z", "dtype": "float32", "shape": ["n", spec.latent_size]}]
+    if spec.num_classes:
+        inputs.append({"name": "labels", "dtype": "int64", "shape": ["n"]})
+    return {
+        "format": FORMAT,
+        "name": name,
+        "version": version,
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "architecture": spec.arch,
+        "latent": {"size": spec.latent_size, "distribution": latent.DISTRIBUTION,
+                   "dtype": latent.DTYPE, "spec": latent.SPEC},
+        "inputs": inputs,
+        "output": {"name": "images", "dtype": "float32",
+                   "shape": ["n", spec.channels, spec.image_size, spec.image_size],
+                   "range": [0.0, 1.0]},
+        "conditional": bool(spec.num_classes),
+        "classes": state.get("classes") if spec.num_classes else None,
+        "dataset": state.get("dataset", {"name": cfg.dataset}),
+        "training": {"config": cfg.to_dict(), "spec": spec.to_dict(), "steps": state["step"],
+                     "command": state.get("command")},
+        "metrics": metrics,
+        "onnx": {"file": "model.onnx", "opset": opset,
+                 "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+                 "max_abs_diff": max_abs_diff, "parity_seeds": PARITY_SEEDS},
+    }
+
+
+def export(
+    run: Path, models_dir: Path, name: str, version: int | None = None, opset: int = 17,
+    tolerance: float = 1e-4, metrics_file: Path | None = None,
+) -> Path:
+    """Export a run's generator as models_dir/name/version; returns that directory."""
+    if not NAME_RE.match(name):
+        raise TrainError(f"model name {name!r} must match {NAME_RE.pattern}")
+    if version is not None and version < 1:
+        raise TrainError(f"version must be a positive integer, got {version}")
+    metrics = json.loads(Path(metrics_file).read_text()) if metrics_file else {}
+    G, state = load_generator(run)
+    model_dir = Path(models_dir) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"cannot create {model_dir}: {e.strerror}") from None
+    version = version or next_version(model_dir)
+    target = model_dir / str(version)
+    if target.exists():
+        raise TrainError(f"{target} already exists: versions are never overwritten")
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
+    except OSError as e:
+        raise TrainError(f"cannot write to {model_dir}: {e.strerror}") from None
+    try:
+        onnx_path = tmp / "model.onnx"
+        export_onnx(G, onnx_path, opset)
+        diff = parity(G, onnx_path, PARITY_SEEDS)
+        if not diff <= tolerance:
+            raise TrainError(
+                f"onnxruntime differs from torch by {diff:.3g} (> tolerance {tolerance:g}); "
+                "not published"
+            )
+        meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp, target)  # atomic; fails if another export took the version
+        except OSError:
+            raise TrainError(f"{target} already exists: versions are never overwritten") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,346 @@
+"""The training loop: read top to bottom. `fit(cfg)` trains, checkpoints and logs a run.
+
+A run directory holds config.json, checkpoint.pt (rewritten atomically each epoch, at the
+end and on Ctrl-C), samples/epoch_NNNN.png (fixed seeds), metrics.csv and loss.png.
+Resuming is exact: the data order of each epoch is a function of (seed, epoch), and the
+noise generator's state, the optimizers and the step counter live in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from serve.latent import noise_for_seeds
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import TrainConfig
+from train.data import ImageSet, load_dataset
+from train.errors import TrainError
+from train.images import save_grid
+from train.models import Discriminator, Generator, ModelSpec, check_spec
+
+METRIC_FIELDS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s"]
+
+
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C after its checkpoint was saved."""
+
+
+def pick_device(name: str) -> torch.device:
+    """cpu, cuda, or auto (cuda when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise TrainError(f"unknown device {name!r} (choose cpu, cuda or auto)")
+    return torch.device(name)
+
+
+def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
+    """The networks' spec for a config and the data it trains on."""
+    c, h, w = data.shape
+    if h != w:
+        raise TrainError(f"images must be square, got {h}x{w}")
+    if cfg.conditional and data.labels is None:
+        raise TrainError(f"--conditional needs labels, and dataset {data.name!r} has none")
+    spec = ModelSpec(
+        arch=cfg.arch, latent_size=cfg.latent_size, channels=c, image_size=h,
+        num_classes=len(data.classes) if cfg.conditional else 0, width=cfg.width,
+        spectral_norm=cfg.spectral_norm,
+    )
+    try:
+        check_spec(spec)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    return spec
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch, a pure function of (seed, epoch) so resume replays it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Discriminator loss on logits (the sigmoid lives inside BCE-with-logits)."""
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return F.binary_cross_entropy_with_logits(
+        real, torch.full_like(real, 1.0 - smoothing)
+    ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+
+def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss (BCE towards 'real'), or the hinge generator loss."""
+    if kind == "hinge":
+        return -fake.mean()
+    return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+class Run:
+    """The state of one training run: networks, optimizers, noise RNG, step."""
+
+    def __init__(
+        self, cfg: TrainConfig, spec: ModelSpec, device: torch.device, about: dict | None = None
+    ):
+        self.cfg, self.spec, self.device = cfg, spec, device
+        self.about = about or {}  # dataset, classes, command: carried into model.json
+        torch.manual_seed(cfg.seed)
+        self.G = Generator(spec).to(device)
+        self.D = Discriminator(spec).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False) if cfg.ema else None
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.step = 0
+
+    def state(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "spec": self.spec.to_dict(),
+            "step": self.step,
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "noise_rng": self.noise.get_state(),
+            **self.about,
+        }
+
+    def load(self, state: dict) -> None:
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(state["ema"] or state["generator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise TrainError(f"checkpoint does not fit the networks: {str(e).splitlines()[0]}") from None
+        self.noise.set_state(state["noise_rng"])
+        self.step = int(state["step"])
+
+    def sampler(self) -> Generator:
+        """The generator to sample and export: the weight average when there is one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    def update_ema(self) -> None:
+        # Warm up the average: early on, a fixed 0.999 would keep mostly the random init.
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(
+                list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - decay
+            )
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+                b_ema.copy_(b)
+
+    def train_step(self, real: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        """One discriminator step and one generator step on a batch in [0, 1]."""
+        cfg, n = self.cfg, real.shape[0]
+        z = torch.randn(n, cfg.latent_size, generator=self.noise, device=self.device)
+        fake_labels = (
+            torch.randint(self.spec.num_classes, (n,), generator=self.noise, device=self.device)
+            if self.spec.num_classes else None
+        )
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" else contextlib.nullcontext()
+        )
+        with amp:
+            fake = self.G(z, fake_labels)
+            out_real = self.D(real, labels)
+            out_fake = self.D(fake.detach(), fake_labels)
+            loss_d = d_loss(cfg.loss, out_real.float(), out_fake.float(), cfg.label_smoothing)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        with amp:
+            out_gen = self.D(fake, fake_labels)
+            loss_g = g_loss(cfg.loss, out_gen.float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        if self.G_ema is not None:
+            self.update_ema()
+        self.step += 1
+        return {
+            "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(out_real.detach().float()).mean(),
+            "d_fake": torch.sigmoid(out_fake.detach().float()).mean(),
+        }
+
+    @torch.no_grad()
+    def samples(self, seeds: list[int]) -> np.ndarray:
+        """Images for seeds under the latent spec (labels cycle through the classes)."""
+        G = self.sampler()
+        was_training = G.training
+        G.eval()
+        z = torch.from_numpy(noise_for_seeds(seeds, self.spec.latent_size)).to(self.device)
+        k = self.spec.num_classes
+        labels = torch.tensor([s % k for s in seeds], device=self.device) if k else None
+        images = G(z, labels).float().cpu().numpy()
+        G.train(was_training)
+        return images
+
+
+def check_writable(directory: Path) -> None:
+    """Fail early, with one line, if the output directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"output directory {directory} is not writable: {e.strerror}") from None
+
+
+def fit(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str | None = None
+) -> Path:
+    """Train (or resume) a run into cfg.out; returns the run directory."""
+    out = Path(cfg.out)
+    check_writable(out)
+    ckpt_path = out / "checkpoint.pt"
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.arch != cfg.arch:
+            raise TrainError(
+                f"{ckpt_path} is a {saved.arch!r} checkpoint, but --arch is {cfg.arch!r}"
+            )
+        # The checkpoint's config is authoritative; only how long to train may change.
+        saved.epochs, saved.steps, saved.out = cfg.epochs, cfg.steps, cfg.out
+        saved.device, saved.data = cfg.device, cfg.data or saved.data
+        cfg = saved
+    elif ckpt_path.exists():
+        raise TrainError(f"{out} already holds a run: pass --resume, or choose another --out")
+
+    data = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.channels, cfg.download)
+    spec = spec_for(cfg, data)
+    device = pick_device(cfg.device)
+    about = {
+        "dataset": {"name": cfg.dataset, "size": len(data)},
+        "classes": data.classes,
+        "command": state.get("command") if state else command,
+    }
+    run = Run(cfg, spec, device, about)
+    if state is not None:
+        if ModelSpec(**state["spec"]) != spec:
+            raise TrainError(f"{ckpt_path} was trained with {state['spec']}, not {spec.to_dict()}")
+        run.load(state)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    images = torch.from_numpy(data.images).to(device)
+    labels = torch.from_numpy(data.labels).to(device) if spec.num_classes else None
+    per_epoch = len(data) // cfg.batch_size
+    if per_epoch == 0:
+        raise TrainError(f"the dataset has {len(data)} images, fewer than one batch ({cfg.batch_size})")
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
+    sample_seeds = list(range(cfg.sample_count))
+    metrics = MetricsLog(out / "metrics.csv")
+    bar = tqdm(total=total, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True)
+    order, order_epoch = None, -1
+    window, t0 = [], time.perf_counter()
+    try:
+        while run.step < total:
+            epoch, i = divmod(run.step, per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(cfg.seed, epoch, len(data)).to(device), epoch
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            real = images[idx].float().div_(255.0)
+            stats = run.train_step(real, labels[idx] if labels is not None else None)
+            window.append(stats)
+            end_of_epoch = run.step % per_epoch == 0
+            if run.step % cfg.log_every == 0 or end_of_epoch or run.step == total:
+                row = metrics.add(run.step, run.step / per_epoch, window, cfg.batch_size, t0)
+                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")})
+                window, t0 = [], time.perf_counter()
+            bar.update(1)
+            if end_of_epoch:
+                save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
+                save_checkpoint(run.state(), ckpt_path)
+    except KeyboardInterrupt:
+        save_checkpoint(run.state(), ckpt_path)
+        raise Interrupted(f"interrupted at step {run.step}; resume with --resume") from None
+    finally:
+        bar.close()
+    save_checkpoint(run.state(), ckpt_path)
+    save_grid(run.samples(sample_seeds), out / "samples" / "final.png")
+    plot_losses(out / "metrics.csv", out / "loss.png")
+    return out
+
+
+class MetricsLog:
+    """Appends averaged training statistics to a CSV file (kept across resumes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.exists():
+            with path.open("w", newline="") as f:
+                csv.writer(f).writerow(METRIC_FIELDS)
+
+    def add(self, step: int, epoch: float, window: list[dict], batch: int, t0: float) -> dict:
+        row = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]}
+        row.update(step=step, epoch=round(epoch, 4))
+        row["images_per_s"] = len(window) * batch / max(time.perf_counter() - t0, 1e-9)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row[k] for k in METRIC_FIELDS])
+        return row
+
+
+def plot_losses(metrics_csv: Path, out_png: Path) -> None:
+    """Plot the losses and mean discriminator outputs over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with metrics_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for key in ("loss_d", "loss_g"):
+        ax1.plot(steps, [float(r[key]) for r in rows], label=key)
+    for key in ("d_real", "d_fake"):
+        ax2.plot(steps, [float(r[key]) for r in rows], label=key)
+    ax1.set_ylabel("loss")
+    ax2.set_ylabel("mean D output")
+    ax2.set_xlabel("step")
+    ax2.set_ylim(0, 1)
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+
+def dry_run(cfg: TrainConfig) -> str:
+    """One training step on random data: a smoke test of the networks and losses."""
+    c = 3 if cfg.channels == 3 else 1
+    rng = np.random.default_rng(cfg.seed)
+    data = ImageSet("random", rng.integers(0, 256, (cfg.batch_size, c, cfg.image_size, cfg.image_size),
+                                           dtype=np.uint8), np.zeros(cfg.batch_size, np.int64), ["0"])
+    spec = spec_for(cfg, data)
+    run = Run(cfg, spec, pick_device(cfg.device))
+    stats = run.train_step(torch.from_numpy(data.images).float().div(255).to(run.device),
+                           torch.zeros(cfg.batch_size, dtype=torch.long, device=run.device)
+                           if spec.num_classes else None)
+    return "dry run ok: " + ", ".join(f"{k}={float(v):.4f}" for k, v in stats.items())
