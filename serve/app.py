@@ -1,0 +1,99 @@
+"""The Flask app factory: one per gunicorn worker, called after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from serve.api import State, bp
+from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
+from serve.errors import ApiError, error_body
+from serve.openapi import PID_HEADER, build_spec
+from serve.registry import Registry
+from serve.schema import generate_query_schema, generate_request_schema
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the ``GAN_`` environment; ``config`` overrides variables by name."""
+    env = dict(os.environ)
+    for name, value in (config or {}).items():
+        if name not in VARIABLES:
+            raise ConfigError(f"unknown setting {name!r}; known: {', '.join(VARIABLES)}")
+        env[name] = str(value)
+    settings = load_settings(env)
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep fields in documented order
+    # Sessions are created here, in the worker: onnxruntime thread pools do not survive fork.
+    app.extensions["gan"] = State(
+        settings=settings,
+        registry=Registry(settings, strict=env.get(REPLACEMENT_WORKER_ENV) != "1"),
+        request_schema=generate_request_schema(settings.max_samples),
+        query_schema=generate_query_schema(settings.max_samples),
+        openapi=build_spec(settings.max_samples, settings.max_body_bytes),
+    )
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+
+    @app.after_request
+    def add_pid(response: Response) -> Response:
+        response.headers[PID_HEADER] = str(os.getpid())
+        return response
+
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Log the ``serve`` package to stderr, unless the host process already set up logging."""
+    logger = logging.getLogger("serve")
+    logger.setLevel(level.upper())
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter(
+                "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+                "%Y-%m-%d %H:%M:%S %z",
+            )
+        )
+        logger.addHandler(handler)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError) -> tuple[Response, int]:
+        return jsonify(e.body()), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        message = str(e.description)
+        if status == 413:
+            message = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        response = jsonify(error_body(status, _HTTP_CODES.get(status, "http_error"), message))
+        response.status_code = status
+        for key, value in e.get_headers():  # such as Allow on a 405
+            if key.lower() != "content-type":
+                response.headers[key] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def internal_error(e: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return jsonify(error_body(500, "internal_error", "internal server error")), 500

@@ -1,0 +1,54 @@
+"""Model output to bytes: uint8 tiles, deterministic PNGs, the grid layout, ``.npy``."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+GRID_PADDING = 2  # pixels between tiles and around the border, filled with 0 (black)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images [n, C, H, W] in [0, 1] to uint8 tiles [n, H, W, C] (round half to even)."""
+    # nan_to_num: extreme client noise can overflow inside the network; NaN must not reach a cast.
+    scaled = np.rint(np.clip(np.nan_to_num(images, nan=0.0), 0.0, 1.0) * 255.0)
+    return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def png_bytes(tile: np.ndarray) -> bytes:
+    """One uint8 tile [H, W, C] (C = 1 or 3) as PNG bytes, with no metadata chunks."""
+    image = Image.fromarray(tile[:, :, 0] if tile.shape[2] == 1 else tile)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of the grid of ``n`` tiles: ``ncol = ceil(sqrt(n))``, filled row-major."""
+    ncol = math.ceil(math.sqrt(n))
+    return math.ceil(n / ncol), ncol
+
+
+def grid(tiles: np.ndarray, padding: int = GRID_PADDING) -> np.ndarray:
+    """Tiles [n, H, W, C] laid out row-major in one image, ``padding`` px around every tile."""
+    n, height, width, channels = tiles.shape
+    nrow, ncol = grid_shape(n)
+    out = np.zeros(
+        (nrow * (height + padding) + padding, ncol * (width + padding) + padding, channels),
+        dtype=np.uint8,
+    )
+    for i, tile in enumerate(tiles):
+        top = padding + (i // ncol) * (height + padding)
+        left = padding + (i % ncol) * (width + padding)
+        out[top : top + height, left : left + width] = tile
+    return out
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as ``.npy`` file bytes (``numpy.load(io.BytesIO(data))`` reads it back)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
