@@ -137,10 +137,11 @@ def parse_json(data: bytes) -> Any:
     """Parse a request body; duplicate keys are a 422, anything not JSON a 400."""
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        for key in keys:
-            if keys.count(key) > 1:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
                 raise ApiError(422, "duplicate_field", f"field {key!r} appears more than once")
+            seen.add(key)
         return dict(pairs)
 
     try:

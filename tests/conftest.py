@@ -89,36 +89,35 @@ def gunicorn_env(**settings: str) -> dict[str, str]:
 
 @dataclass
 class Server:
-    """A running gunicorn and its base URL."""
+    """A running gunicorn, its base URL and the file its output goes to."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     url: str
-    log: str | None = None
+    log_path: Path
 
     def stop(self) -> str:
-        """Stop gracefully (once) and return everything it logged."""
-        if self.log is None:
+        """Stop gracefully (if still running) and return everything it logged."""
+        if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.log, _ = self.process.communicate(timeout=30)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.log, _ = self.process.communicate()
-        return self.log
+                self.process.wait()
+        return self.log_path.read_text(errors="replace")
 
 
-def start_gunicorn(**settings: str) -> Server:
+def start_gunicorn(log_dir: Path, **settings: str) -> Server:
     """Start gunicorn with GAN_ ``settings`` and wait until /readyz answers 200."""
     port = free_port()
-    process = subprocess.Popen(
-        gunicorn_command(port),
-        cwd=ROOT,
-        env=gunicorn_env(**settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    server = Server(process, f"http://127.0.0.1:{port}")
+    log_path = log_dir / f"gunicorn-{port}.log"
+    # A file, not a pipe: access logs would fill a pipe nobody reads and block the server.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            gunicorn_command(port), cwd=ROOT, env=gunicorn_env(**settings), stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -129,17 +128,18 @@ def start_gunicorn(**settings: str) -> Server:
         except requests.ConnectionError:
             pass
         time.sleep(0.1)  # polling interval, not an assertion
-    log = server.stop()
-    raise RuntimeError(f"gunicorn not ready after {START_TIMEOUT} s:\n{log}")
+    log_text = server.stop()
+    raise RuntimeError(f"gunicorn not ready after {START_TIMEOUT} s:\n{log_text}")
 
 
 @pytest.fixture(scope="module")
-def gunicorn() -> Iterator[Callable[..., Server]]:
+def gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
     """Start gunicorn servers (GAN_ settings as keywords); all are stopped after the module."""
     servers: list[Server] = []
+    log_dir = tmp_path_factory.mktemp("gunicorn-logs")
 
     def start(**settings: str) -> Server:
-        server = start_gunicorn(**settings)
+        server = start_gunicorn(log_dir, **settings)
         servers.append(server)
         return server
 
