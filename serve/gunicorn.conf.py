@@ -13,7 +13,7 @@ from serve.repository import RepositoryError, validate_repository
 try:
     _settings = load_settings()
 except ConfigError as _error:
-    # Raised while gunicorn reads its config: say what is wrong and stop, no traceback.
+    # gunicorn is still reading its config: say what is wrong and stop, without a traceback.
     print(f"Error: {_error}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -51,11 +51,8 @@ def on_starting(server):
     except (ConfigError, RepositoryError) as e:
         server.log.error("cannot start: %s", e)
         sys.exit(1)
-    server.log.info(
-        "model repository %s: %s", _settings.models_dir, ", ".join(
-            f"{s.name}/{s.version}" for s in specs
-        )
-    )
+    served = ", ".join(f"{s.name}/{s.version}" for s in specs)
+    server.log.info("model repository %s: %s", _settings.models_dir, served)
 
 
 def post_fork(server, worker):

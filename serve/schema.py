@@ -16,7 +16,7 @@ from serve import latent
 from serve.errors import ApiError
 
 FORMATS = ("json", "png", "npy")
-_INT_RE = re.compile(r"-?[0-9]+\Z")
+_INT_RE = re.compile(r"-?[0-9]{1,40}\Z")  # bounded: int() refuses thousands of digits
 _ARTICLES = {
     "integer": "an integer",
     "number": "a number",

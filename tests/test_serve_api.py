@@ -298,6 +298,8 @@ GET_ERRORS = [
     ("seed=1&size=3", 422, "unknown_field", "unknown field 'size'"),
     ("seed=1&n=17", 422, "too_many_samples", "n must be <= 16"),
     ("seed=-1", 422, "seed_out_of_range", "seed must be >= 0"),
+    ("seed=" + "9" * 30, 422, "seed_out_of_range", "seed must be <= 9223372036854775807"),
+    ("seed=" + "9" * 5000, 400, "invalid_type", "seed must be an integer"),
     ("seed=1&model=cond", 422, "labels_required", "give `labels`"),
     ("seed=1&model=cond&labels=7", 422, "label_out_of_range", "[0, 3)"),
     ("seed=1&model=nope", 404, "unknown_model", "nope"),
