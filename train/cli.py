@@ -40,7 +40,8 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="IDX directory (mnist, fashion-mnist), image folder, or .npy/.npz file")
     p.add_argument("--download", action="store_true",
                    help="download mnist/fashion-mnist into --data from the official mirrors (md5-checked)")
-    p.add_argument("--image-size", type=int, default=DEFAULTS.image_size, help="folder images are resized to this")
+    p.add_argument("--image-size", type=int, default=DEFAULTS.image_size,
+                   help="folder images are resized to this")
     p.add_argument("--channels", type=int, default=DEFAULTS.channels, choices=[1, 3],
                    help="folder images: 1 grayscale, 3 RGB")
     p.add_argument("--arch", default=DEFAULTS.arch, choices=["mlp", "dcgan"])

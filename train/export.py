@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +75,14 @@ def export_onnx(G: Generator, path: Path, opset: int) -> None:
         args = (z, torch.zeros(2, dtype=torch.long))
         names.append("labels")
         dynamic["labels"] = {0: "n"}
-    torch.onnx.export(
-        G, args, str(path), input_names=names, output_names=["images"],
-        dynamic_axes=dynamic, opset_version=opset, dynamo=False,
-    )
+    # The TorchScript exporter handles these plain feed-forward networks exactly (parity is
+    # checked after); torch.export cannot trace nn.Unflatten with a dynamic batch here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            G, args, str(path), input_names=names, output_names=["images"],
+            dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+        )
 
 
 def parity(G: Generator, onnx_path: Path, seeds: list[int]) -> float:

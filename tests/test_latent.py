@@ -1,0 +1,33 @@
+"""The latent-noise spec: one seed, one z, in every call and every process."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from serve.latent import noise_for_seed, noise_for_seeds
+
+
+def test_matches_the_documented_formula():
+    expected = np.random.Generator(np.random.PCG64(42)).standard_normal(100, dtype=np.float32)
+    np.testing.assert_array_equal(noise_for_seed(42, 100), expected)
+
+
+def test_a_seed_does_not_depend_on_its_neighbours():
+    alone = noise_for_seeds([5], 64)[0]
+    among = noise_for_seeds([9, 5, 2**63 - 1], 64)[1]
+    assert np.array_equal(alone, among)
+    assert not np.array_equal(noise_for_seed(5, 64), noise_for_seed(6, 64))
+
+
+def test_same_in_another_process():
+    code = "from serve.latent import noise_for_seed; import sys; sys.stdout.buffer.write(noise_for_seed(7, 100).tobytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    assert out == noise_for_seed(7, 100).tobytes()
+
+
+@pytest.mark.parametrize("bad", [-1, 2**63, 1.5, "3", True, None])
+def test_bad_seeds_are_refused(bad):
+    with pytest.raises(ValueError, match="seed"):
+        noise_for_seed(bad, 10)
