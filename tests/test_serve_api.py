@@ -17,6 +17,7 @@ from PIL import Image
 from tiny_models import CLASSES, LATENT, SHAPE
 
 from serve import latent
+from serve.app import create_app
 from serve.imaging import GRID_PADDING, grid_shape
 from serve.openapi import (
     ERROR_SCHEMA,
@@ -83,8 +84,6 @@ def test_models_lists_versions_and_default(client: FlaskClient) -> None:
 
 
 def test_default_model_is_the_first_by_name_without_setting(models_dir: Path) -> None:
-    from serve.app import create_app
-
     client = create_app({"GAN_MODELS_DIR": str(models_dir)}).test_client()
     assert client.get("/models").json["default"] == "cond"
 

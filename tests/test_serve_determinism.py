@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 from tiny_models import write_model
 
 from serve import imaging, latent
@@ -74,8 +75,6 @@ def test_inference_runs_one_sample_at_a_time(tmp_path: Path) -> None:
 def test_rgb_model_gives_rgb_pngs(tmp_path: Path) -> None:
     write_model(tmp_path, "rgb", 1, shape=(3, 4, 5))
     client = create_app({"GAN_MODELS_DIR": str(tmp_path)}).test_client()
-    from PIL import Image
-
     image = Image.open(io.BytesIO(pngs(client, {"seed": 1})[0]))
     assert image.mode == "RGB" and image.size == (5, 4)
 

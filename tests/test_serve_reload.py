@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,7 @@ def test_bad_new_version_is_logged_and_the_old_one_kept(
     models_dir: Path,
     clock: Clock,
     caplog: pytest.LogCaptureFixture,
-    damage,  # noqa: ANN001
+    damage: Callable[[Path], None],
 ) -> None:
     staging = write_model(models_dir / ".staging", "tiny", 3)
     damage(staging)

@@ -16,12 +16,12 @@ from tiny_models import (
 )
 
 from serve.app import create_app
-from serve.config import load_settings
+from serve.config import Settings, load_settings
 from serve.registry import Registry
 from serve.repository import RepositoryError, scan, validate_repository
 
 
-def settings_for(models_dir: Path, **env: str):  # noqa: ANN201
+def settings_for(models_dir: Path, **env: str) -> Settings:
     return load_settings({"GAN_MODELS_DIR": str(models_dir), **env})
 
 
