@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from serve import imaging, latent  # noqa: E402
 from serve.config import cpu_count  # noqa: E402
 from serve.model import Generator, load_generator  # noqa: E402
-from serve.repository import ModelSpec, validate_repository  # noqa: E402
+from serve.repository import ModelSpec, RepositoryError, validate_repository  # noqa: E402
 
 
 @dataclass
@@ -206,7 +206,10 @@ def batch_drift(spec: ModelSpec, threads: int) -> str:
 
 
 def pick_spec(args: argparse.Namespace) -> ModelSpec:
-    specs = validate_repository(args.models_dir)
+    try:
+        specs = validate_repository(args.models_dir)
+    except RepositoryError as e:
+        sys.exit(f"{e}\n(train and export a model, or pass --models-dir)")
     names = sorted({s.name for s in specs})
     name = args.model or names[0]
     chosen = [s for s in specs if s.name == name]
