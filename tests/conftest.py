@@ -15,14 +15,11 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from tiny_models import write_repository
+
+from serve.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `pytest` (unlike `python -m pytest`) does not add the cwd
-    sys.path.insert(0, str(ROOT))
-
-from tiny_models import write_repository  # noqa: E402
-
-from serve.app import create_app  # noqa: E402
 
 START_TIMEOUT = 60.0  # seconds for gunicorn to become ready: a bound, not an expectation
 

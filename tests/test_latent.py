@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +23,12 @@ def test_a_seed_does_not_depend_on_its_neighbours():
 
 
 def test_same_in_another_process():
-    code = "from serve.latent import noise_for_seed; import sys; sys.stdout.buffer.write(noise_for_seed(7, 100).tobytes())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    code = (
+        "import sys; from serve.latent import noise_for_seed; "
+        "sys.stdout.buffer.write(noise_for_seed(7, 100).tobytes())"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, check=True).stdout
     assert out == noise_for_seed(7, 100).tobytes()
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from train_helpers import tiny_config
 
-from tests.train_helpers import tiny_config
 from train.export import export
 from train.loop import fit
 

@@ -7,9 +7,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from train_helpers import tiny_config
 
 from serve.latent import noise_for_seeds
-from tests.train_helpers import tiny_config
 from train.errors import TrainError
 from train.export import export, load_generator
 from train.loop import fit

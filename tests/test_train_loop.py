@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
+from train_helpers import tiny_config
 
-from tests.train_helpers import tiny_config
 from train import loop
 from train.checkpoint import load_checkpoint
 from train.errors import TrainError
