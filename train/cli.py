@@ -92,12 +92,41 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("samples.png"))
 
 
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a generator: FID, IS, precision/recall, class shares")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="run directory or checkpoint file")
+    src.add_argument("--model", type=Path, help="models/<name> (latest) or models/<name>/<version>")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist", "folder", "arrays"],
+                   help="default: the one the generator was trained on")
+    p.add_argument("--data", type=Path,
+                   help="training data (IDX directory: both splits); default: the one recorded at training")
+    p.add_argument("--test-data", type=Path, help="held-out images for folder and arrays datasets")
+    p.add_argument("--classifier", type=Path,
+                   help="classifier weights (default: train/classifier_weights/<dataset>.pt)")
+    p.add_argument("--samples", type=int, default=10000, help="generated samples (seeds 0..N-1)")
+    p.add_argument("--json", type=Path, help="also write the report here (for `export --metrics`)")
+
+
+def add_classifier(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classifier", help="train the evaluation classifier on a dataset's train split")
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "folder", "arrays"])
+    p.add_argument("--data", type=Path, help="IDX directory (both splits), image folder or .npy/.npz file")
+    p.add_argument("--test-data", type=Path, help="held-out images for folder and arrays datasets")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="weights file (default: train/classifier_weights/<dataset>.pt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_fit(sub)
     add_export(sub)
     add_sample(sub)
+    add_evaluate(sub)
+    add_classifier(sub)
     return parser
 
 
@@ -133,6 +162,27 @@ def run_command(args: argparse.Namespace) -> int:
         from train.sample import sample
 
         print(f"wrote {sample(args.checkpoint, args.model, args.seeds, args.labels, args.out)}")
+    elif args.command == "evaluate":
+        import json
+        import time
+
+        from train.evaluate import evaluate, format_report
+
+        started = time.perf_counter()
+        report = evaluate(args.checkpoint, args.model, args.dataset, args.data, args.test_data,
+                          args.classifier, args.samples)
+        print(format_report(report))
+        print(f"evaluated in {time.perf_counter() - started:.0f} s")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"wrote {args.json}")
+    elif args.command == "classifier":
+        from train.classifier import fit_classifier
+
+        command = shlex.join(["python", "-m", "train", *sys.argv[1:]])
+        info = fit_classifier(args.dataset, args.data, args.test_data, args.out, args.epochs, args.seed,
+                              args.batch_size, command)
+        print(f"test accuracy {info['test_accuracy']:.4f}; wrote {info['path']} and its .json")
     return 0
 
 
