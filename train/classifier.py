@@ -111,7 +111,8 @@ def train_classifier(
     model = Classifier(train.shape[0], len(train.classes))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = (len(train) + batch_size - 1) // batch_size
-    # Cosine decay to zero: the last steps settle the weights, which a few epochs need.
+    # One cycle: a short warm-up, then cosine decay to almost zero, so that the last steps
+    # settle the weights, which matters when there are only a few epochs.
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps, pct_start=0.15)
     order_rng = torch.Generator().manual_seed(seed)
     labels = torch.from_numpy(train.labels)
