@@ -173,6 +173,8 @@ def test_generator_output_outside_the_range_is_refused(tmp_path):
         evaluator.score(lambda z, y: np.full((len(z), 1, 28, 28), 2.0), latent_size=4)
     with pytest.raises(TrainError, match="shape"):
         evaluator.score(lambda z, y: np.zeros((len(z), 28, 28)), latent_size=4)
+    with pytest.raises(TrainError, match=r"the generator: images of shape \[1, 32, 32\]"):
+        evaluator.score(lambda z, y: np.zeros((len(z), 1, 32, 32)), latent_size=4)
 
 
 @pytest.fixture(scope="module")

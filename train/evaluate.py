@@ -120,7 +120,11 @@ class Evaluator:
             if len(data) <= k:
                 raise TrainError(f"dataset {data.name!r} has {len(data)} images; need more than {k}")
         self.classifier, self.samples, self.k = classifier, samples, k
-        self.check_shape(test.shape, f"the test set {test.name!r}")
+        self.shape = test.shape
+        c = classifier.channels
+        if self.shape[0] != c or min(self.shape[1:]) < 16:
+            raise TrainError(f"the test set {test.name!r} has images of shape {list(self.shape)}; the "
+                             f"classifier takes [{c}, H, W] with H, W >= 16")
         self.classes = (test.classes if test.classes and len(test.classes) == classifier.num_classes
                         else [str(i) for i in range(classifier.num_classes)])
         self.test = embed(classifier, test.images)
@@ -133,10 +137,9 @@ class Evaluator:
         self.floor = self.score_embedded(embed(classifier, real), labels)
 
     def check_shape(self, shape: tuple[int, ...], what: str) -> None:
-        c = self.classifier.channels
-        if len(shape) != 3 or shape[0] != c or min(shape[1:]) < 16:
-            raise TrainError(f"{what} has images of shape {list(shape)}; the classifier takes "
-                             f"[{c}, H, W] with H, W >= 16")
+        if tuple(shape) != self.shape:
+            raise TrainError(f"{what}: images of shape {list(shape)}, but the test set's are "
+                             f"{list(self.shape)}")
 
     def score_embedded(self, fake: Embedded, labels: np.ndarray | None = None) -> dict:
         """The metrics of embedded images against the test split."""
@@ -151,7 +154,7 @@ class Evaluator:
             "class_share_max": float(shares.max()),
             "class_shares": {name: round(float(s), 4) for name, s in zip(self.classes, shares, strict=True)},
         }
-        if labels is not None and len(labels) == len(fake.logits):
+        if labels is not None:
             # Conditional models: how often the classifier names the class that was asked for.
             scores["label_agreement"] = float((fake.logits.argmax(1).numpy() == labels).mean())
         return scores
