@@ -1,4 +1,4 @@
-"""Command line: `python -m train {fit,export,sample}`; user errors print one line, exit 2."""
+"""Command line: `python -m train {fit,export,sample,evaluate,classifier}`; user errors: one line, exit 2."""
 
 from __future__ import annotations
 
