@@ -2,6 +2,11 @@
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,8 @@ from train import loop
 from train.checkpoint import load_checkpoint
 from train.errors import TrainError
 from train.loop import Interrupted, fit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def params(run_dir):
@@ -108,3 +115,34 @@ def test_epoch_order_is_a_permutation_that_changes_per_epoch():
     a, b = loop.epoch_order(0, 0, 100), loop.epoch_order(0, 1, 100)
     assert sorted(a.tolist()) == list(range(100))
     assert not torch.equal(a, b) and torch.equal(a, loop.epoch_order(0, 0, 100))
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, steps=1)
+    Path(cfg.out).mkdir(parents=True)
+    with loop.run_lock(Path(cfg.out)):
+        with pytest.raises(TrainError, match="in use by another training run"):
+            fit(cfg, progress=False)
+    assert fit(cfg, progress=False).is_dir()  # the lock goes with the run holding it
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    cfg = tiny_config(tmp_path, steps=100_000, log_every=1)
+    args = ["fit", "--dataset", "arrays", "--data", cfg.data, "--batch-size", "8", "--width", "8",
+            "--steps", "100000", "--log-every", "1", "--device", "cpu", "--out", cfg.out, "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(cfg.out) / "metrics.csv"
+    deadline = time.monotonic() + 120  # a bound on the wait, not an expectation
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume with --resume" in err and "Traceback" not in err
+    step = load_checkpoint(Path(cfg.out) / "checkpoint.pt")["step"]
+    assert step >= 3
+    resumed = fit(tiny_config(tmp_path, steps=step + 2, log_every=1), resume=True, progress=False)
+    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == step + 2

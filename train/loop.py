@@ -1,9 +1,10 @@
 """The training loop: read top to bottom. `fit(cfg)` trains, checkpoints and logs a run.
 
 A run directory holds config.json, checkpoint.pt (rewritten atomically each epoch, at the
-end and on Ctrl-C), samples/epoch_NNNN.png (fixed seeds), metrics.csv and loss.png.
-Resuming is exact: the data order of each epoch is a function of (seed, epoch), and the
-noise generator's state, the optimizers and the step counter live in the checkpoint.
+end and on Ctrl-C or SIGTERM), samples/epoch_NNNN.png (fixed seeds), metrics.csv and loss.png.
+Only one run may use a directory at a time. Resuming is exact: the data order of each epoch
+is a function of (seed, epoch), and the noise generator's state, the optimizers and the
+step counter live in the checkpoint.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import fcntl
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,35 @@ METRIC_FIELDS = ["step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "image
 
 
 class Interrupted(Exception):
-    """Training stopped by Ctrl-C after its checkpoint was saved."""
+    """Training stopped by Ctrl-C or SIGTERM after its checkpoint was saved."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold the run directory exclusively: a second run on it would interleave checkpoints."""
+    with (out / ".lock").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainError(f"{out} is in use by another training run") from None
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (kill, a scheduler's preemption) like Ctrl-C, so the checkpoint is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pick_device(name: str) -> torch.device:
@@ -217,6 +250,11 @@ def fit(
     """Train (or resume) a run into cfg.out; returns the run directory."""
     out = Path(cfg.out)
     check_writable(out)
+    with run_lock(out), sigterm_as_interrupt():
+        return _fit(cfg, out, resume, progress, command)
+
+
+def _fit(cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str | None) -> Path:
     ckpt_path = out / "checkpoint.pt"
     state = None
     if resume:
@@ -278,6 +316,7 @@ def fit(
                 save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
                 save_checkpoint(run.state(), ckpt_path)
     except KeyboardInterrupt:
+        # A second Ctrl-C during the save leaves the previous checkpoint: writes are atomic.
         save_checkpoint(run.state(), ckpt_path)
         raise Interrupted(f"interrupted at step {run.step}; resume with --resume") from None
     finally:
