@@ -79,3 +79,10 @@ def test_sample_from_checkpoint_and_model_agree(run_dir, tmp_path):
 def test_dry_run():
     result = cli("fit", "--dry-run", "--arch", "mlp")
     assert result.returncode == 0 and "dry run ok" in result.stdout
+
+
+def test_sample_refuses_a_model_that_does_not_match_its_metadata(run_dir, tmp_path):
+    target = export(run_dir, tmp_path / "models", "c")
+    (target / "model.onnx").write_bytes((target / "model.onnx").read_bytes() + b"\0")
+    assert_one_line_error(cli("sample", "--model", target, "--labels", "0", "--out", tmp_path / "x.png"),
+                          "sha256")

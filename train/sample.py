@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +41,20 @@ def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> 
 
 
 def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
-    import onnxruntime as ort
+    """Images from an exported model, checked and run exactly as the service does."""
+    from serve.model import load_generator
+    from serve.repository import ModelError, read_spec
 
     version_dir = resolve_model_dir(model)
-    meta = json.loads((version_dir / "model.json").read_text())
-    classes = meta.get("classes") or []
-    feeds = {"z": latent.noise_for_seeds(seeds, meta["latent"]["size"])}
-    y = labels_for(seeds, labels, len(classes) if meta.get("conditional") else 0)
-    if y is not None:
-        feeds["labels"] = y
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    # One seed at a time, as the service does: a seed's image must not depend on the batch.
-    rows = [session.run(["images"], {k: v[i : i + 1] for k, v in feeds.items()})[0]
-            for i in range(len(seeds))]
-    return np.concatenate(rows)
+    if not version_dir.name.isdigit():
+        raise TrainError(f"{version_dir} is not a version directory (models/<name>/<version>)")
+    try:
+        spec = read_spec(version_dir, version_dir.parent.name, int(version_dir.name))
+        generator = load_generator(spec, threads=len(os.sched_getaffinity(0)))
+    except ModelError as e:
+        raise TrainError(str(e)) from None
+    y = labels_for(seeds, labels, len(spec.classes or ()))
+    return generator.generate(latent.noise_for_seeds(seeds, spec.latent_size), y)
 
 
 def images_from_checkpoint(run: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
