@@ -131,7 +131,7 @@ def _generate(req: dict[str, Any], fmt: str) -> Response:
     else:
         seeds = req["seeds"] if "seeds" in req else _seed_range(req["seed"], req.get("n", 1))
         z = latent.noise_for_seeds(seeds, spec.latent_size)
-    labels = _labels(req.get("labels"), len(z), spec)
+    labels = _labels(req.get("labels"), len(z), spec, seeds)
     images = generator.generate(z, labels)
 
     headers = {NAME_HEADER: spec.name, VERSION_HEADER: str(spec.version)}
@@ -184,7 +184,9 @@ def _noise(rows: list[list[float]], size: int, max_samples: int) -> np.ndarray:
     return z
 
 
-def _labels(labels: int | list[int] | None, n: int, spec: ModelSpec) -> np.ndarray | None:
+def _labels(
+    labels: int | list[int] | None, n: int, spec: ModelSpec, seeds: list[int] | None
+) -> np.ndarray | None:
     if spec.classes is None:
         if labels is not None:
             raise ApiError(
@@ -195,11 +197,14 @@ def _labels(labels: int | list[int] | None, n: int, spec: ModelSpec) -> np.ndarr
         return None
     count = len(spec.classes)
     if labels is None:
+        if seeds is not None:
+            # Seeds alone sample every class: the latent spec's label rule, seed % classes.
+            return latent.labels_for_seeds(seeds, count)
         raise ApiError(
             422,
             "labels_required",
-            f"model {spec.name} version {spec.version} is conditional: give `labels`, "
-            f"one int in [0, {count}) or one per sample",
+            f"model {spec.name} version {spec.version} is conditional: with `noise`, give "
+            f"`labels`, one int in [0, {count}) or one per sample",
         )
     values = [labels] * n if isinstance(labels, int) else labels
     if len(values) != n:

@@ -18,6 +18,7 @@ SPEC = (
     "z = numpy.random.Generator(numpy.random.PCG64(seed))"
     ".standard_normal(latent_size, dtype=numpy.float32)"
 )
+LABEL_SPEC = "label = seed % num_classes"
 
 
 def check_seed(seed: object) -> int:
@@ -41,3 +42,20 @@ def noise_for_seeds(seeds: Iterable[int], latent_size: int) -> np.ndarray:
     if not rows:
         return np.zeros((0, latent_size), dtype=np.float32)
     return np.stack(rows)
+
+
+def label_for_seed(seed: int, num_classes: int) -> int:
+    """The class a conditional model draws for a seed when no label is given.
+
+    ``seed % num_classes``: consecutive seeds cycle through the classes, so any run of
+    ``num_classes`` seeds holds each class once, and a seed's image stays a pure function
+    of the seed (it does not depend on its neighbours in a request).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    return check_seed(seed) % num_classes
+
+
+def labels_for_seeds(seeds: Iterable[int], num_classes: int) -> np.ndarray:
+    """``label_for_seed`` of each seed: int64, shape ``[len(seeds)]``."""
+    return np.array([label_for_seed(s, num_classes) for s in seeds], dtype=np.int64)

@@ -64,7 +64,10 @@ def _common(max_samples: int) -> dict[str, dict[str, Any]]:
             "x-error-codes": {"maximum": "too_many_samples"},
         },
         "labels": {
-            "description": "Conditional models only: one class label per sample, or one for all.",
+            "description": (
+                "Conditional models only: one class label per sample, or one for all. "
+                "Optional with seeds (seed s then takes class s % num_classes); required with noise."
+            ),
             "oneOf": [
                 _label(),
                 {

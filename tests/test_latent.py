@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serve import latent
 from serve.latent import noise_for_seed, noise_for_seeds
 
 
@@ -36,3 +37,14 @@ def test_same_in_another_process():
 def test_bad_seeds_are_refused(bad):
     with pytest.raises(ValueError, match="seed"):
         noise_for_seed(bad, 10)
+
+
+def test_label_for_seed_cycles_through_the_classes() -> None:
+    assert [latent.label_for_seed(s, 10) for s in range(12)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert latent.label_for_seed(2**63 - 1, 10) == 7
+    assert latent.labels_for_seeds([5, 13], 4).tolist() == [1, 1]
+    assert latent.labels_for_seeds([5, 13], 4).dtype == np.int64
+    with pytest.raises(ValueError, match="num_classes"):
+        latent.label_for_seed(1, 0)
+    with pytest.raises(ValueError, match="seed"):
+        latent.label_for_seed(-1, 10)

@@ -194,6 +194,24 @@ def test_conditional_labels_one_for_all_or_one_each(client: FlaskClient) -> None
     ).data
 
 
+def test_conditional_seeds_without_labels_take_seed_mod_classes(client: FlaskClient) -> None:
+    seeds = [0, 1, 2, 3, 7, 2**63 - 1]
+    implicit = client.post("/generate", json={"model": "cond", "seeds": seeds})
+    assert implicit.status_code == 200
+    want = [s % len(CLASSES) for s in seeds]
+    assert implicit.json["labels"] == want
+    explicit = client.post("/generate", json={"model": "cond", "seeds": seeds, "labels": want})
+    assert images_of(implicit) == images_of(explicit)
+    # A seed's image is still its own: alone, or in a range of any length.
+    alone = client.post("/generate", json={"model": "cond", "seeds": [7]})
+    assert images_of(alone)[0] == images_of(implicit)[4]
+    grid = client.get("/generate?model=cond&seed=0&n=4")
+    assert grid.status_code == 200
+    assert grid.data == client.post(
+        "/generate", json={"model": "cond", "seed": 0, "n": 4, "labels": [0, 1, 2, 0], "format": "png"}
+    ).data
+
+
 def test_unknown_route_is_json_404(client: FlaskClient) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
 
@@ -270,7 +288,7 @@ POST_ERRORS = [
     ('{"noise": [[NaN, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
     ('{"noise": [[Infinity, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
     ('{"noise": [[1e39, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
-    ('{"model": "cond", "seed": 1}', 422, "labels_required", "give `labels`"),
+    ('{"model": "cond", "noise": [[0, 0, 0, 0, 0, 0, 0, 0]]}', 422, "labels_required", "give `labels`"),
     ('{"model": "cond", "seed": 1, "labels": 3}', 422, "label_out_of_range", "[0, 3)"),
     ('{"model": "cond", "seed": 1, "labels": -1}', 422, "label_out_of_range", ">= 0"),
     ('{"model": "cond", "seed": 1, "n": 2, "labels": [0]}', 422, "invalid_labels_count", "(2)"),
@@ -299,7 +317,6 @@ GET_ERRORS = [
     ("seed=-1", 422, "seed_out_of_range", "seed must be >= 0"),
     ("seed=" + "9" * 30, 422, "seed_out_of_range", "seed must be <= 9223372036854775807"),
     ("seed=" + "9" * 5000, 400, "invalid_type", "seed must be an integer"),
-    ("seed=1&model=cond", 422, "labels_required", "give `labels`"),
     ("seed=1&model=cond&labels=7", 422, "label_out_of_range", "[0, 3)"),
     ("seed=1&model=nope", 404, "unknown_model", "nope"),
     ("seed=1&version=3", 404, "unknown_version", "no version 3"),

@@ -65,7 +65,7 @@ def test_conditional_labels_and_formats(server: Server) -> None:
          400, "malformed_json"),
         ("post", "/generate", {"data": '{"seed": 1}'}, 415, "unsupported_media_type"),
         ("post", "/generate", {"json": {"seed": 1, "n": 65}}, 422, "too_many_samples"),
-        ("post", "/generate", {"json": {"model": "cond", "seed": 1}}, 422, "labels_required"),
+        ("post", "/generate", {"json": {"model": "cond", "noise": [[0.0] * 8]}}, 422, "labels_required"),
         ("post", "/generate", {"json": {"noise": [[0.0]]}}, 422, "invalid_noise_shape"),
         ("get", "/generate?seed=1&model=nope", {}, 404, "unknown_model"),
         ("get", "/nope", {}, 404, "not_found"),

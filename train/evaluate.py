@@ -167,7 +167,7 @@ class Evaluator:
         for start in range(0, self.samples, BATCH):
             seeds = list(range(start, min(start + BATCH, self.samples)))
             z = latent.noise_for_seeds(seeds, latent_size)
-            y = np.array(seeds, dtype=np.int64) % num_classes if num_classes else None
+            y = latent.labels_for_seeds(seeds, num_classes) if num_classes else None
             images = np.asarray(generate(z, y))
             if images.ndim != 4 or len(images) != len(seeds):
                 raise TrainError(f"the generator returned shape {list(images.shape)} for {len(seeds)} "
@@ -177,7 +177,7 @@ class Evaluator:
             chunks.append(images.astype(np.float32).clip(0, 1))
         images = np.concatenate(chunks)
         self.check_shape(images.shape[1:], "the generator")
-        labels = np.arange(self.samples) % num_classes if num_classes else None
+        labels = latent.labels_for_seeds(range(self.samples), num_classes) if num_classes else None
         return images, labels
 
     def score(self, generate: Generate, latent_size: int, num_classes: int = 0) -> dict:

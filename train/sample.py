@@ -24,13 +24,13 @@ def resolve_model_dir(path: Path) -> Path:
 
 
 def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> np.ndarray | None:
-    """One label per seed: given per seed, one for all, or cycling through the classes."""
+    """One label per seed: given per seed, one for all, or the latent spec's seed % classes."""
     if not num_classes:
         if labels:
             raise TrainError("--labels given, but the model is not conditional")
         return None
     if labels is None:
-        labels = [s % num_classes for s in seeds]
+        labels = latent.labels_for_seeds(seeds, num_classes).tolist()
     elif len(labels) == 1:
         labels = labels * len(seeds)
     if len(labels) != len(seeds):
