@@ -127,6 +127,7 @@ def train_reference(
         path = out / f"generator_{label}.pt"
         torch.save(netG.state_dict(), path)
         snapshots.append(Snapshot(label, step, step / per_epoch, elapsed, str(path)))
+        (out / "timing.json").write_text(json.dumps([asdict(s) for s in snapshots], indent=2) + "\n")
         print(f"  {label}: step {step}, {step / per_epoch:.2f} epochs, {elapsed:.0f} s", flush=True)
 
     while True:
@@ -156,6 +157,9 @@ def train_reference(
                 torch.cuda.synchronize()  # honest timing: wait for the queued kernels
             elapsed = time.perf_counter() - start - paused
             t0 = time.perf_counter()
+            if step % per_epoch == 0:
+                # Every whole epoch, so that a later run of ours can be matched in time too.
+                snapshot(f"epoch-{step // per_epoch}", elapsed)
             if step == epoch_step:
                 snapshot("epochs", elapsed)
             if seconds is not None and elapsed >= seconds and not timed:
@@ -164,10 +168,9 @@ def train_reference(
             epochs_done = epoch_step is None or step >= epoch_step
             time_done = seconds is None or elapsed >= seconds
             if (epochs_done and time_done) or step == max_steps:
-                if not snapshots or snapshots[-1].step != step:
+                if not any(s.step == step and not s.label.startswith("epoch-") for s in snapshots):
                     snapshot("stopped", elapsed)
-                (out / "timing.json").write_text(json.dumps([asdict(s) for s in snapshots], indent=2) + "\n")
-                return snapshots
+                return [s for s in snapshots if not s.label.startswith("epoch-")]
             paused += time.perf_counter() - t0  # saving snapshots is not training time
 
 
