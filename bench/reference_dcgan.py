@@ -8,7 +8,11 @@ reference trains until it has seen as many epochs as ours and run as long as our
 and both snapshots are then scored by train.evaluate with the same seeds and classifier.
 
     python bench/reference_dcgan.py --ours runs/mnist-dcgan [--epochs E] [--minutes M]
+    python bench/reference_dcgan.py --ours models/mnist-dcgan --out runs/reference-mnist --reuse
     python bench/reference_dcgan.py --dataset mnist --epochs 0.02 --samples 1000   # smoke test
+
+With --reuse nothing trains: the per-epoch snapshots of an earlier, longer run in --out are
+scored instead (the time target takes the first whole epoch at or past it).
 """
 
 from __future__ import annotations
@@ -174,6 +178,33 @@ def train_reference(
             paused += time.perf_counter() - t0  # saving snapshots is not training time
 
 
+def reuse_snapshots(out: Path, epochs: float | None, seconds: float | None) -> list[Snapshot]:
+    """The snapshots an earlier run left in ``out`` that meet the targets, instead of training.
+
+    The epochs target takes the snapshot at exactly that many epochs; the time target the
+    first whole-epoch snapshot at or past it (the reference never gets less time than ours).
+    """
+    timing = out / "timing.json"
+    if not timing.is_file():
+        raise TrainError(f"--reuse: {timing} does not exist; run without --reuse first")
+    saved = [Snapshot(**s) for s in json.loads(timing.read_text())]
+    chosen = []
+    if epochs is not None:
+        match = [s for s in saved if abs(s.epochs - epochs) < 1e-6]
+        if not match:
+            raise TrainError(f"--reuse: no snapshot in {timing} at {epochs:g} epochs")
+        chosen.append(Snapshot("epochs", *(vars(match[0])[k] for k in ("step", "epochs", "seconds", "path"))))
+    if seconds is not None:
+        later = [s for s in saved if s.label.startswith("epoch-") and s.seconds >= seconds]
+        if not later:
+            longest = max((s.seconds for s in saved), default=0.0)
+            raise TrainError(f"--reuse: the run in {out} trained {longest / 60:.1f} minutes, "
+                             f"less than the {seconds / 60:.1f} asked for")
+        first = min(later, key=lambda s: s.seconds)
+        chosen.append(Snapshot("time", first.step, first.epochs, first.seconds, first.path))
+    return chosen
+
+
 def reference_source(path: Path) -> Source:
     """A saved reference generator as a plain function of z, in eval mode on the CPU."""
     netG = Generator()
@@ -255,6 +286,8 @@ def compare() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reference-dcgan")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score the snapshots a longer earlier run saved in --out instead of training")
     args = parser.parse_args()
 
     ours = load_ours(args.ours) if args.ours else None
@@ -274,8 +307,11 @@ def compare() -> None:
         targets.append(f"{minutes:.1f} minutes" + (" (as ours)" if args.minutes is None else ""))
     print(f"reference DCGAN on {dataset}, {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads: trains until {' and '.join(targets)}", flush=True)
-    snapshots = train_reference(train.images, epochs, minutes * 60 if minutes is not None else None,
-                                args.steps, args.seed, device, args.out)
+    seconds = minutes * 60 if minutes is not None else None
+    if args.reuse:
+        snapshots = reuse_snapshots(args.out, epochs, seconds)
+    else:
+        snapshots = train_reference(train.images, epochs, seconds, args.steps, args.seed, device, args.out)
 
     classifier = WEIGHTS_DIR / f"{dataset}.pt"
     evaluator = Evaluator(load_classifier(classifier), test, train, args.samples)
