@@ -87,3 +87,16 @@ def test_export_refuses_non_checkpoint(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"junk")
     with pytest.raises(TrainError, match="not a readable checkpoint"):
         export(tmp_path, tmp_path / "models", "m")
+
+
+def test_model_json_records_the_command_and_each_resume(tmp_path):
+    fit(tiny_config(tmp_path / "r", steps=2), progress=False, command="python -m train fit --steps 2")
+    run = fit(tiny_config(tmp_path / "r", steps=3), resume=True, progress=False,
+              command="python -m train fit --steps 3 --resume")
+    fit(tiny_config(tmp_path / "r", steps=4), resume=True, progress=False,
+        command="python -m train fit --steps 4 --resume")
+    meta = json.loads((export(run, tmp_path / "models", "tiny") / "model.json").read_text())
+    assert meta["training"]["command"] == "python -m train fit --steps 2"
+    assert meta["training"]["resumed"] == ["python -m train fit --steps 3 --resume",
+                                           "python -m train fit --steps 4 --resume"]
+    assert meta["training"]["steps"] == 4

@@ -126,7 +126,7 @@ def model_metadata(
         "classes": state.get("classes") if spec.num_classes else None,
         "dataset": state.get("dataset", {"name": cfg.dataset}),
         "training": {"config": cfg.to_dict(), "spec": spec.to_dict(), "steps": state["step"],
-                     "command": state.get("command")},
+                     "command": state.get("command"), "resumed": state.get("resumed", [])},
         "metrics": metrics,
         "onnx": {"file": "model.onnx", "opset": opset,
                  "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),

@@ -278,6 +278,8 @@ def _fit(cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str
         "dataset": {"name": cfg.dataset, "size": len(data)},
         "classes": data.classes,
         "command": state.get("command") if state else command,
+        # How each resume was asked for: with the first command, what trained the model.
+        "resumed": [*state.get("resumed", []), command] if state else [],
     }
     run = Run(cfg, spec, device, about)
     if state is not None:
