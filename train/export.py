@@ -51,10 +51,10 @@ def load_generator(run: Path) -> tuple[Generator, dict]:
 
 
 def parity_inputs(spec: ModelSpec, seeds: list[int]) -> dict[str, np.ndarray]:
-    """The ONNX inputs for seeds under the latent spec (labels cycle through the classes)."""
+    """The ONNX inputs for seeds under the latent spec (labels by the spec: seed % classes)."""
     feeds = {"z": latent.noise_for_seeds(seeds, spec.latent_size)}
     if spec.num_classes:
-        feeds["labels"] = np.array([s % spec.num_classes for s in seeds], dtype=np.int64)
+        feeds["labels"] = latent.labels_for_seeds(seeds, spec.num_classes)
     return feeds
 
 
