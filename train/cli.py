@@ -48,7 +48,8 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-size", type=int, default=DEFAULTS.latent_size)
     p.add_argument("--width", type=int, default=DEFAULTS.width, help="dcgan base feature maps")
     p.add_argument("--conditional", action="store_true", help="class-conditional (labels in)")
-    p.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
+    p.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.spectral_norm,
+                   help="spectral norm in the discriminator")
     p.add_argument("--loss", default=DEFAULTS.loss, choices=["bce", "hinge"])
     p.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
                    help="one-sided: real targets are 1 - this")

