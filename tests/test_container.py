@@ -251,7 +251,10 @@ def test_generate_from_seeds_is_reproducible(server: Container) -> None:
 def test_generate_from_noise_matches_the_seed(server: Container) -> None:
     model = served(server.url)
     z = seed_noise(7, model["latent_size"])
-    from_noise = generate(server.url, {"noise": [z.tolist(), (-z).tolist()]})
+    body = {"noise": [z.tolist(), (-z).tolist()]}
+    if model["conditional"]:  # seeds without labels take class seed % K; noise must say so
+        body["labels"] = 7 % len(model["classes"])
+    from_noise = generate(server.url, body)
     from_seed = generate(server.url, {"seeds": [7]})
     assert from_noise["shape"] == [2, *model["image_shape"]]
     assert from_noise["png"][0] == from_seed["png"][0]
