@@ -22,7 +22,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -193,15 +193,14 @@ def reuse_snapshots(out: Path, epochs: float | None, seconds: float | None) -> l
         match = [s for s in saved if abs(s.epochs - epochs) < 1e-6]
         if not match:
             raise TrainError(f"--reuse: no snapshot in {timing} at {epochs:g} epochs")
-        chosen.append(Snapshot("epochs", *(vars(match[0])[k] for k in ("step", "epochs", "seconds", "path"))))
+        chosen.append(replace(match[0], label="epochs"))
     if seconds is not None:
         later = [s for s in saved if s.label.startswith("epoch-") and s.seconds >= seconds]
         if not later:
             longest = max((s.seconds for s in saved), default=0.0)
             raise TrainError(f"--reuse: the run in {out} trained {longest / 60:.1f} minutes, "
                              f"less than the {seconds / 60:.1f} asked for")
-        first = min(later, key=lambda s: s.seconds)
-        chosen.append(Snapshot("time", first.step, first.epochs, first.seconds, first.path))
+        chosen.append(replace(min(later, key=lambda s: s.seconds), label="time"))
     return chosen
 
 

@@ -18,7 +18,6 @@ SPEC = (
     "z = numpy.random.Generator(numpy.random.PCG64(seed))"
     ".standard_normal(latent_size, dtype=numpy.float32)"
 )
-LABEL_SPEC = "label = seed % num_classes"
 
 
 def check_seed(seed: object) -> int:

@@ -18,13 +18,16 @@ from train.errors import TrainError
 from train.evaluate import (
     Evaluator,
     class_shares,
+    evaluate,
     frechet_distance,
+    from_checkpoint,
     gaussian,
     inception_score,
     knn_radii,
     precision_recall,
 )
 from train.loop import fit
+from train.models import Generator, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -260,3 +263,21 @@ def test_unlabelled_data_cannot_train_a_classifier(tmp_path):
     result = cli("classifier", "--dataset", "arrays", "--data", tmp_path / "x.npy",
                  "--test-data", tmp_path / "x.npy", "--out", tmp_path / "c.pt")
     assert_one_line_error(result, "has no labels")
+
+
+def test_raw_scores_the_trained_generator_instead_of_its_average(tiny, tmp_path):
+    state = torch.load(tiny["run"] / "checkpoint.pt", weights_only=False)
+    assert state["ema"] is not None  # the weight average is on by default
+    z = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    average = from_checkpoint(tiny["run"]).generate(z, y)
+    raw = from_checkpoint(tiny["run"], raw=True).generate(z, y)
+    assert not np.allclose(average, raw)
+    G = Generator(ModelSpec(**state["spec"])).eval()
+    G.load_state_dict(state["generator"])
+    with torch.no_grad():
+        np.testing.assert_array_equal(raw, G(torch.from_numpy(z), torch.from_numpy(y)).numpy())
+    kwargs = dict(test_data=tiny["test"], classifier=tiny["classifier"], samples=16)
+    assert evaluate(tiny["run"], raw=True, **kwargs)["fid"] != evaluate(tiny["run"], **kwargs)["fid"]
+    with pytest.raises(TrainError, match="--raw needs --checkpoint"):
+        evaluate(model=tmp_path, raw=True, **kwargs)

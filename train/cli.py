@@ -106,6 +106,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", type=Path,
                    help="classifier weights (default: train/classifier_weights/<dataset>.pt)")
     p.add_argument("--samples", type=int, default=10000, help="generated samples (seeds 0..N-1)")
+    p.add_argument("--raw", action="store_true",
+                   help="with --checkpoint: score the trained generator, not its weight average")
     p.add_argument("--json", type=Path, help="also write the report here (for `export --metrics`)")
 
 
@@ -171,7 +173,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         report = evaluate(args.checkpoint, args.model, args.dataset, args.data, args.test_data,
-                          args.classifier, args.samples)
+                          args.classifier, args.samples, args.raw)
         print(format_report(report))
         print(f"evaluated in {time.perf_counter() - started:.0f} s")
         if args.json:

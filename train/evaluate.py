@@ -197,11 +197,11 @@ class Source:
     config: dict  # the training config (dataset, data, image_size, channels)
 
 
-def from_checkpoint(run: Path) -> Source:
-    """A run directory or checkpoint file -> its generator (the weight average if kept)."""
+def from_checkpoint(run: Path, raw: bool = False) -> Source:
+    """A run directory or checkpoint file -> its generator (the weight average if kept, unless raw)."""
     from train.export import load_generator
 
-    G, state = load_generator(run)
+    G, state = load_generator(run, raw)
 
     @torch.no_grad()
     def generate(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -249,10 +249,12 @@ def resolve_data(source: Source, dataset: str | None, data: Path | None) -> tupl
 def evaluate(
     checkpoint: Path | None = None, model: Path | None = None, dataset: str | None = None,
     data: Path | None = None, test_data: Path | None = None, classifier: Path | None = None,
-    samples: int = SAMPLES,
+    samples: int = SAMPLES, raw: bool = False,
 ) -> dict:
     """The evaluation report of a checkpoint or exported model (what --json writes)."""
-    source = from_onnx(model) if model is not None else from_checkpoint(checkpoint)
+    if raw and model is not None:
+        raise TrainError("--raw needs --checkpoint: an exported model holds only the generator it published")
+    source = from_onnx(model) if model is not None else from_checkpoint(checkpoint, raw)
     kind, data = resolve_data(source, dataset, data)
     if classifier is None:
         if kind not in MNIST_LIKE:

@@ -38,13 +38,16 @@ def checkpoint_path(run: Path) -> Path:
     return run / "checkpoint.pt" if run.is_dir() else run
 
 
-def load_generator(run: Path) -> tuple[Generator, dict]:
-    """The generator to publish (the weight average if the run kept one), in eval mode."""
+def load_generator(run: Path, raw: bool = False) -> tuple[Generator, dict]:
+    """The generator to publish (the weight average if the run kept one), in eval mode.
+
+    ``raw`` takes the trained generator itself even when a weight average exists.
+    """
     state = load_checkpoint(checkpoint_path(run))
     try:
         spec = ModelSpec(**state["spec"])
         G = Generator(spec)
-        G.load_state_dict(state["ema"] or state["generator"])
+        G.load_state_dict(state["generator"] if raw else state["ema"] or state["generator"])
     except (TypeError, KeyError, RuntimeError) as e:
         raise TrainError(f"checkpoint does not hold a generator of this project: {e}") from None
     return G.eval(), state
