@@ -13,7 +13,7 @@ import torch
 from train_helpers import tiny_config
 
 from train import loop
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.errors import TrainError
 from train.loop import Interrupted, fit
 
@@ -43,7 +43,11 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
     assert json.loads((out / "config.json").read_text())["arch"] == arch
 
 
-@pytest.mark.parametrize("options", [{}, {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1}])
+@pytest.mark.parametrize("options", [
+    {},
+    {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1},
+    {"d_depth": 3, "spectral_norm": False, "conditional": True},
+])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
     fit(tiny_config(tmp_path / "b", steps=3, ema=0.9, **options), progress=False)
@@ -56,6 +60,18 @@ def test_resume_equals_uninterrupted(tmp_path, options):
     e1 = load_checkpoint(straight / "checkpoint.pt")["ema"]
     e2 = load_checkpoint(resumed / "checkpoint.pt")["ema"]
     assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def test_a_run_saved_before_the_depth_option_resumes_with_two_convolutions(tmp_path):
+    run = fit(tiny_config(tmp_path, steps=2), progress=False)
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["config"]["d_depth"], state["spec"]["d_depth"]
+    state.pop("format")
+    save_checkpoint(state, run / "checkpoint.pt")
+    # Today's default could differ: the saved run, not the default, decides.
+    fit(tiny_config(tmp_path, steps=4, d_depth=3), resume=True, progress=False)
+    resumed = load_checkpoint(run / "checkpoint.pt")
+    assert resumed["step"] == 4 and resumed["spec"]["d_depth"] == 2
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path, monkeypatch):

@@ -47,6 +47,8 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=DEFAULTS.arch, choices=["mlp", "dcgan"])
     p.add_argument("--latent-size", type=int, default=DEFAULTS.latent_size)
     p.add_argument("--width", type=int, default=DEFAULTS.width, help="dcgan base feature maps")
+    p.add_argument("--d-depth", type=int, default=DEFAULTS.d_depth, choices=[2, 3],
+                   help="dcgan discriminator's strided convolutions (3: the reference DCGAN's depth)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (labels in)")
     p.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.spectral_norm,
                    help="spectral norm in the discriminator")

@@ -18,6 +18,7 @@ class TrainConfig:
     latent_size: int = 100
     width: int = 64
     conditional: bool = False
+    d_depth: int = 2  # dcgan discriminator's strided convolutions: 2, or 3 as in the reference
     spectral_norm: bool = True  # measured: without it the conditional DCGAN collapsed
     loss: str = "bce"  # bce (non-saturating) or hinge
     label_smoothing: float = 0.0  # one-sided: real targets are 1 - label_smoothing
@@ -41,4 +42,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        # Runs saved before the discriminator's depth was an option had two convolutions.
+        values.setdefault("d_depth", 2)
+        return cls(**values)

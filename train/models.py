@@ -27,6 +27,7 @@ class ModelSpec:
     num_classes: int = 0  # 0: unconditional
     width: int = 64  # dcgan: base feature maps; mlp: hidden units are fixed at 128
     spectral_norm: bool = False
+    d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,16 +107,25 @@ class Discriminator(nn.Module):
             w, s4 = spec.width, s // 4
             # Spectral norm replaces BatchNorm's role of keeping D's gradients tame.
             norm = (lambda ch: nn.Identity()) if spec.spectral_norm else nn.BatchNorm2d
-            self.features = nn.Sequential(
+            layers = [
                 sn(nn.Conv2d(c, w, 4, 2, 1, bias=False)),
                 nn.LeakyReLU(0.2, True),
                 # w x s/2 x s/2
                 sn(nn.Conv2d(w, w * 2, 4, 2, 1, bias=False)),
                 norm(w * 2), nn.LeakyReLU(0.2, True),
                 # (w*2) x s/4 x s/4
-                nn.Flatten(),
-            )
-            n_features = w * 2 * s4 * s4
+            ]
+            side, n_maps = s4, w * 2
+            if spec.d_depth == 3:
+                # The reference's third stage, s/4 to a (for 28: 7 to 4): the generator's mirror.
+                side, n_maps = (s4 + 1) // 2, w * 4
+                k3 = 3 if s4 % 2 else 4
+                layers += [
+                    sn(nn.Conv2d(w * 2, n_maps, k3, 2, 1, bias=False)),
+                    norm(n_maps), nn.LeakyReLU(0.2, True),
+                ]
+            self.features = nn.Sequential(*layers, nn.Flatten())
+            n_features = n_maps * side * side
         self.head = sn(nn.Linear(n_features, 1))
         self.project = sn(nn.Embedding(k, n_features)) if k else None
         self.apply(init_weights)
@@ -134,5 +144,7 @@ def check_spec(spec: ModelSpec) -> None:
         raise ValueError(f"unknown architecture {spec.arch!r} (choose from {ARCHITECTURES})")
     if spec.arch == "dcgan" and (spec.image_size % 4 or spec.image_size < 8):
         raise ValueError(f"dcgan needs an image size divisible by 4 and >= 8, got {spec.image_size}")
+    if spec.d_depth not in (2, 3):
+        raise ValueError(f"the discriminator's depth must be 2 or 3, got {spec.d_depth}")
     if spec.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
