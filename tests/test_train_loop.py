@@ -46,7 +46,7 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
 @pytest.mark.parametrize("options", [
     {},
     {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1},
-    {"d_depth": 3, "spectral_norm": False, "conditional": True},
+    {"d_depth": 3, "spectral_norm": False, "conditional": True, "d_projection": "pooled"},
 ])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
@@ -62,16 +62,18 @@ def test_resume_equals_uninterrupted(tmp_path, options):
     assert all(torch.equal(e1[k], e2[k]) for k in e1)
 
 
-def test_a_run_saved_before_the_depth_option_resumes_with_two_convolutions(tmp_path):
-    run = fit(tiny_config(tmp_path, steps=2), progress=False)
+def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path):
+    run = fit(tiny_config(tmp_path, steps=2, conditional=True), progress=False)
     state = load_checkpoint(run / "checkpoint.pt")
-    del state["config"]["d_depth"], state["spec"]["d_depth"]
+    for key in ("d_depth", "d_projection"):
+        del state["config"][key], state["spec"][key]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")
     # Today's default could differ: the saved run, not the default, decides.
-    fit(tiny_config(tmp_path, steps=4, d_depth=3), resume=True, progress=False)
+    fit(tiny_config(tmp_path, steps=4, d_depth=3, d_projection="pooled"), resume=True, progress=False)
     resumed = load_checkpoint(run / "checkpoint.pt")
-    assert resumed["step"] == 4 and resumed["spec"]["d_depth"] == 2
+    assert resumed["step"] == 4
+    assert (resumed["spec"]["d_depth"], resumed["spec"]["d_projection"]) == (2, "flat")
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path, monkeypatch):

@@ -49,6 +49,9 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, default=DEFAULTS.width, help="dcgan base feature maps")
     p.add_argument("--d-depth", type=int, default=DEFAULTS.d_depth, choices=[2, 3],
                    help="dcgan discriminator's strided convolutions (3: the reference DCGAN's depth)")
+    p.add_argument("--d-projection", default=DEFAULTS.d_projection, choices=["flat", "pooled"],
+                   help="conditional dcgan: the discriminator's class term on its flattened maps, "
+                        "or on the maps summed over space")
     p.add_argument("--conditional", action="store_true", help="class-conditional (labels in)")
     p.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.spectral_norm,
                    help="spectral norm in the discriminator")

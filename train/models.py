@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("mlp", "dcgan")
+PROJECTIONS = ("flat", "pooled")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ModelSpec:
     width: int = 64  # dcgan: base feature maps; mlp: hidden units are fixed at 128
     spectral_norm: bool = False
     d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
+    d_projection: str = "flat"  # conditional dcgan: class term on the flat maps, or "pooled" over space
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,17 +126,24 @@ class Discriminator(nn.Module):
                     sn(nn.Conv2d(w * 2, n_maps, k3, 2, 1, bias=False)),
                     norm(n_maps), nn.LeakyReLU(0.2, True),
                 ]
-            self.features = nn.Sequential(*layers, nn.Flatten())
+            self.features = nn.Sequential(*layers)  # maps; forward flattens them for the head
             n_features = n_maps * side * side
         self.head = sn(nn.Linear(n_features, 1))
-        self.project = sn(nn.Embedding(k, n_features)) if k else None
+        # The class term <embed(y), phi(x)>: on the flattened maps it is one spatial template
+        # per class; "pooled" sums the maps over space first, as Miyato & Koyama do, so it
+        # scores which features are present, not where.
+        self.pooled = spec.d_projection == "pooled" and spec.arch == "dcgan"
+        n_project = n_maps if self.pooled else n_features
+        self.project = sn(nn.Embedding(k, n_project)) if k else None
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(x)
+        maps = self.features(x)
+        h = maps.flatten(1)
         out = self.head(h).squeeze(1)
         if self.project is not None:
-            out = out + (self.project(labels) * h).sum(dim=1)
+            phi = maps.sum(dim=(2, 3)) if self.pooled else h
+            out = out + (self.project(labels) * phi).sum(dim=1)
         return out
 
 
@@ -146,5 +155,7 @@ def check_spec(spec: ModelSpec) -> None:
         raise ValueError(f"dcgan needs an image size divisible by 4 and >= 8, got {spec.image_size}")
     if spec.d_depth not in (2, 3):
         raise ValueError(f"the discriminator's depth must be 2 or 3, got {spec.d_depth}")
+    if spec.d_projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {spec.d_projection!r} (choose from {PROJECTIONS})")
     if spec.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
