@@ -47,6 +47,7 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
     {},
     {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1},
     {"d_depth": 3, "spectral_norm": False, "conditional": True, "d_projection": "pooled"},
+    {"d_batch_std": True, "conditional": True},
 ])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
@@ -65,7 +66,7 @@ def test_resume_equals_uninterrupted(tmp_path, options):
 def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path):
     run = fit(tiny_config(tmp_path, steps=2, conditional=True), progress=False)
     state = load_checkpoint(run / "checkpoint.pt")
-    for key in ("d_depth", "d_projection"):
+    for key in ("d_depth", "d_projection", "d_batch_std"):
         del state["config"][key], state["spec"][key]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from train.models import Discriminator, Generator, ModelSpec, check_spec
+from train.models import Discriminator, Generator, ModelSpec, batch_std, check_spec
 
 
 @pytest.mark.parametrize("size", [8, 12, 28, 32])
 @pytest.mark.parametrize("d_depth", [2, 3])
-@pytest.mark.parametrize(("classes", "spectral_norm", "projection"),
-                         [(0, False, "flat"), (10, True, "flat"), (10, False, "pooled")])
-def test_dcgan_shapes(size, d_depth, classes, spectral_norm, projection):
+@pytest.mark.parametrize(("classes", "spectral_norm", "projection", "spread"),
+                         [(0, False, "flat", False), (10, True, "flat", True), (10, False, "pooled", True)])
+def test_dcgan_shapes(size, d_depth, classes, spectral_norm, projection, spread):
     spec = ModelSpec(image_size=size, width=8, num_classes=classes, spectral_norm=spectral_norm,
-                     d_depth=d_depth, d_projection=projection)
+                     d_depth=d_depth, d_projection=projection, d_batch_std=spread)
     check_spec(spec)
     labels = torch.arange(5) % 10 if classes else None
     images = Generator(spec)(torch.randn(5, spec.latent_size), labels)
@@ -54,3 +54,34 @@ def test_deeper_discriminator_has_the_reference_layout_at_28():
 def test_unsupported_discriminator_is_refused(options, text):
     with pytest.raises(ValueError, match=text):
         check_spec(ModelSpec(**options))
+
+
+def test_batch_spread_is_zero_for_identical_samples_and_per_group_otherwise():
+    same = torch.randn(1, 3, 4, 4).repeat(8, 1, 1, 1)
+    assert batch_std(same).max() < 1e-3
+    maps = torch.randn(8, 3, 4, 4)
+    spread = batch_std(maps)
+    assert spread.shape == (8, 1, 4, 4)
+    # Groups are strided: samples 1, 3, 5, 7 form one group of four.
+    group = maps[1::2]
+    expected = group.std(dim=0, unbiased=False).mean(dim=0)
+    for i in (1, 3, 5, 7):
+        torch.testing.assert_close(spread[i, 0], expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(spread[0], spread[1])
+    # A batch that groups of four do not divide has no spread to show.
+    assert batch_std(torch.randn(6, 3, 4, 4)).max() < 1e-3
+
+
+def test_batch_spread_changes_the_discriminator_s_verdict_on_a_collapsed_batch():
+    torch.manual_seed(0)
+    D = Discriminator(ModelSpec(width=8, d_batch_std=True))
+    with torch.no_grad():
+        D.head.weight[0, -7 * 7:] = 1.0  # weigh the spread map (7 x 7 at 28 px) heavily
+        varied = torch.rand(8, 1, 28, 28)
+        collapsed = varied[:1].repeat(8, 1, 1, 1)
+        assert D(varied)[0] > D(collapsed)[0] + 0.1
+
+
+def test_class_term_without_spectral_norm_starts_as_small_as_the_other_weights():
+    D = Discriminator(ModelSpec(num_classes=10, spectral_norm=False))
+    assert D.project.weight.std() < 0.05

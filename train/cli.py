@@ -52,6 +52,8 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-projection", default=DEFAULTS.d_projection, choices=["flat", "pooled"],
                    help="conditional dcgan: the discriminator's class term on its flattened maps, "
                         "or on the maps summed over space")
+    p.add_argument("--d-batch-std", action=argparse.BooleanOptionalAction, default=DEFAULTS.d_batch_std,
+                   help="dcgan: give the discriminator its batch's feature spread (minibatch std)")
     p.add_argument("--conditional", action="store_true", help="class-conditional (labels in)")
     p.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=DEFAULTS.spectral_norm,
                    help="spectral norm in the discriminator")

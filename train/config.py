@@ -20,6 +20,7 @@ class TrainConfig:
     conditional: bool = False
     d_depth: int = 2  # dcgan discriminator's strided convolutions: 2, or 3 as in the reference
     d_projection: str = "flat"  # conditional dcgan: class term on the flat maps or "pooled" over space
+    d_batch_std: bool = False  # dcgan discriminator sees its batch's spread (minibatch std)
     spectral_norm: bool = True  # measured: without it the conditional DCGAN collapsed
     loss: str = "bce"  # bce (non-saturating) or hinge
     label_smoothing: float = 0.0  # one-sided: real targets are 1 - label_smoothing
@@ -44,7 +45,8 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        # Runs saved before these options existed had two convolutions and a flat projection.
+        # Runs saved before these options existed had two convolutions, a flat projection, no batch spread.
         values.setdefault("d_depth", 2)
         values.setdefault("d_projection", "flat")
+        values.setdefault("d_batch_std", False)
         return cls(**values)

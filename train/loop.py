@@ -91,7 +91,7 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         arch=cfg.arch, latent_size=cfg.latent_size, channels=c, image_size=h,
         num_classes=len(data.classes) if cfg.conditional else 0, width=cfg.width,
         spectral_norm=cfg.spectral_norm, d_depth=cfg.d_depth,
-        d_projection=cfg.d_projection,
+        d_projection=cfg.d_projection, d_batch_std=cfg.d_batch_std,
     )
     try:
         check_spec(spec)

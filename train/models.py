@@ -30,6 +30,7 @@ class ModelSpec:
     spectral_norm: bool = False
     d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
     d_projection: str = "flat"  # conditional dcgan: class term on the flat maps, or "pooled" over space
+    d_batch_std: bool = False  # dcgan: the discriminator sees its batch's spread (minibatch std)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +129,9 @@ class Discriminator(nn.Module):
                 ]
             self.features = nn.Sequential(*layers)  # maps; forward flattens them for the head
             n_features = n_maps * side * side
-        self.head = sn(nn.Linear(n_features, 1))
+        self.batch_std = spec.d_batch_std and spec.arch == "dcgan"
+        n_head = n_features + (side * side if self.batch_std else 0)
+        self.head = sn(nn.Linear(n_head, 1))
         # The class term <embed(y), phi(x)>: on the flattened maps it is one spatial template
         # per class; "pooled" sums the maps over space first, as Miyato & Koyama do, so it
         # scores which features are present, not where.
@@ -136,15 +139,34 @@ class Discriminator(nn.Module):
         n_project = n_maps if self.pooled else n_features
         self.project = sn(nn.Embedding(k, n_project)) if k else None
         self.apply(init_weights)
+        if self.project is not None and not spec.spectral_norm:
+            # Embedding's default N(0, 1) over thousands of features would drown the head's
+            # term; spectral norm makes the scale moot, without it start as small as the rest.
+            nn.init.normal_(self.project.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         maps = self.features(x)
         h = maps.flatten(1)
-        out = self.head(h).squeeze(1)
+        out = self.head(torch.cat([h, batch_std(maps).flatten(1)], 1) if self.batch_std else h).squeeze(1)
         if self.project is not None:
             phi = maps.sum(dim=(2, 3)) if self.pooled else h
             out = out + (self.project(labels) * phi).sum(dim=1)
         return out
+
+
+def batch_std(maps: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """One extra map per sample: the feature spread within its group of `group` samples.
+
+    Karras et al. (2018): a generator that draws the same image for every z gives groups with
+    no spread, which a discriminator seeing one sample at a time cannot tell from real data.
+    Groups are strided (samples i, i + n/g, ...), so a batch whose size `group` does not divide
+    falls back to groups of one (no spread).
+    """
+    n, _, h, w = maps.shape
+    g = group if n % group == 0 else 1
+    y = maps.reshape(g, n // g, *maps.shape[1:])
+    spread = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=1)  # [n/g, h, w]
+    return spread.repeat(g, 1, 1).unsqueeze(1)  # [n, 1, h, w]
 
 
 def check_spec(spec: ModelSpec) -> None:
