@@ -37,9 +37,11 @@ WARMUP = 20
 def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> float:
     """Steady-state images/s of train.loop.fit, read from its own metrics log."""
     out = Path(tempfile.mkdtemp(dir=workdir))
-    # The reference loop's networks and update: no spectral norm, no weight average.
+    # The reference loop's networks and update: no spectral norm, no weight average, and the
+    # discriminator ModelSpec builds by default.
     cfg = TrainConfig(arch=arch, steps=WARMUP + steps, batch_size=batch, log_every=WARMUP,
-                      device="cpu", out=str(out), spectral_norm=False, ema=0.0, **data_args)
+                      device="cpu", out=str(out), spectral_norm=False, ema=0.0,
+                      d_depth=ModelSpec.d_depth, d_batch_std=ModelSpec.d_batch_std, **data_args)
     fit(cfg, progress=False)
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))

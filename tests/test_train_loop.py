@@ -64,14 +64,16 @@ def test_resume_equals_uninterrupted(tmp_path, options):
 
 
 def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path):
-    run = fit(tiny_config(tmp_path, steps=2, conditional=True), progress=False)
+    # What such a run was: two convolutions, the flat class term, no batch spread.
+    old = {"d_depth": 2, "d_projection": "flat", "d_batch_std": False}
+    run = fit(tiny_config(tmp_path, steps=2, conditional=True, **old), progress=False)
     state = load_checkpoint(run / "checkpoint.pt")
     for key in ("d_depth", "d_projection", "d_batch_std"):
         del state["config"][key], state["spec"][key]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")
-    # Today's default could differ: the saved run, not the default, decides.
-    fit(tiny_config(tmp_path, steps=4, d_depth=3, d_projection="pooled"), resume=True, progress=False)
+    # Today's defaults differ (three convolutions, pooled): the saved run, not they, decides.
+    fit(tiny_config(tmp_path, steps=4), resume=True, progress=False)
     resumed = load_checkpoint(run / "checkpoint.pt")
     assert resumed["step"] == 4
     assert (resumed["spec"]["d_depth"], resumed["spec"]["d_projection"]) == (2, "flat")

@@ -28,6 +28,8 @@ class ModelSpec:
     num_classes: int = 0  # 0: unconditional
     width: int = 64  # dcgan: base feature maps; mlp: hidden units are fixed at 128
     spectral_norm: bool = False
+    # These three default to what specs saved before they existed were built with; training's
+    # defaults (TrainConfig) are the measured ones.
     d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
     d_projection: str = "flat"  # conditional dcgan: class term on the flat maps, or "pooled" over space
     d_batch_std: bool = False  # dcgan: the discriminator sees its batch's spread (minibatch std)
