@@ -48,6 +48,7 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
     {"loss": "hinge", "spectral_norm": True, "label_smoothing": 0.1},
     {"d_depth": 3, "spectral_norm": False, "conditional": True, "d_projection": "pooled"},
     {"d_batch_std": True, "conditional": True},
+    {"mode_seeking": 1.0, "conditional": True},
 ])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
@@ -61,6 +62,47 @@ def test_resume_equals_uninterrupted(tmp_path, options):
     e1 = load_checkpoint(straight / "checkpoint.pt")["ema"]
     e2 = load_checkpoint(resumed / "checkpoint.pt")["ema"]
     assert all(torch.equal(e1[k], e2[k]) for k in e1)
+
+
+def test_mode_seeking_term_is_the_inverse_distance_ratio():
+    z = torch.zeros(4, 3)
+    z[2:] = 2.0  # each pair's noises are 2 apart in every coordinate
+    fake = torch.zeros(4, 1, 2, 2)
+    fake[2:] = 0.5  # and their images 0.5 apart in every pixel
+    assert loop.mode_seeking_term(fake, z).item() == pytest.approx(1 / (0.5 / 2.0 + 1e-5))
+    # A generator that ignores its noise pays the most.
+    assert loop.mode_seeking_term(torch.ones(4, 1, 2, 2), z).item() == pytest.approx(1e5)
+
+
+def test_mode_seeking_gradient_pushes_a_pair_apart():
+    fake = torch.tensor([[0.2], [0.9], [0.3], [0.6]], requires_grad=True)  # pairs (0, 2), (1, 3)
+    loop.mode_seeking_term(fake, torch.tensor([[0.0], [0.0], [1.0], [1.0]])).backward()
+    step = -fake.grad  # the direction gradient descent moves the images
+    assert step[0] < 0 < step[2]  # 0.2 and 0.3 move apart
+    assert step[1] > 0 > step[3]  # and so do 0.9 and 0.6
+
+
+def test_mode_seeking_pairs_share_labels_and_enter_the_generator_gradient(tmp_path):
+    def first_step(weight):
+        cfg = tiny_config(tmp_path / str(weight), steps=1, conditional=True, mode_seeking=weight)
+        run = loop.Run(cfg, loop.spec_for(cfg, loop.load_dataset("arrays", cfg.data)), torch.device("cpu"))
+        seen = []
+        run.G.register_forward_hook(lambda module, args, out: seen.append(args[1].clone()))
+        run.train_step(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
+                       torch.zeros(8, dtype=torch.long))
+        return seen[0], [p.grad.clone() for p in run.G.parameters()]
+
+    labels, grads = first_step(1.0)
+    assert torch.equal(labels[:4], labels[4:])
+    # A negligible weight draws the same labels and noise: only the term's share differs.
+    same_labels, plain = first_step(1e-12)
+    assert torch.equal(labels, same_labels)
+    assert any(not torch.allclose(a, b) for a, b in zip(grads, plain, strict=True))
+
+
+def test_negative_mode_seeking_is_refused(tmp_path):
+    with pytest.raises(TrainError, match="--mode-seeking must be 0 or more"):
+        fit(tiny_config(tmp_path, mode_seeking=-1.0), progress=False)
 
 
 def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path):

@@ -85,6 +85,8 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
     c, h, w = data.shape
     if h != w:
         raise TrainError(f"images must be square, got {h}x{w}")
+    if not cfg.mode_seeking >= 0:
+        raise TrainError(f"--mode-seeking must be 0 or more, got {cfg.mode_seeking}")
     if cfg.conditional and data.labels is None:
         raise TrainError(f"--conditional needs labels, and dataset {data.name!r} has none")
     spec = ModelSpec(
@@ -119,6 +121,18 @@ def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     if kind == "hinge":
         return -fake.mean()
     return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+
+
+def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over pairs (i, i + n/2) of a batch.
+
+    Mao et al. (2019), "Mode Seeking GANs": small when two noises give images as far apart as
+    the noises are; large when the generator maps different noises to the same image.
+    """
+    half = fake.shape[0] // 2
+    images = (fake[:half] - fake[half : 2 * half]).abs().mean()
+    noises = (z[:half] - z[half : 2 * half]).abs().mean()
+    return 1.0 / (images / noises + 1e-5)
 
 
 class Run:
@@ -188,6 +202,10 @@ class Run:
             torch.randint(self.spec.num_classes, (n,), generator=self.noise, device=self.device)
             if self.spec.num_classes else None
         )
+        if cfg.mode_seeking and fake_labels is not None:
+            # The term compares pairs (i, i + n/2) drawn for one class.
+            half = n // 2
+            fake_labels[half : 2 * half] = fake_labels[:half]
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda" else contextlib.nullcontext()
@@ -207,8 +225,11 @@ class Run:
         with amp:
             out_gen = self.D(fake, fake_labels)
             loss_g = g_loss(cfg.loss, out_gen.float())
+        total_g = loss_g
+        if cfg.mode_seeking and n >= 2:
+            total_g = loss_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        total_g.backward()
         self.opt_g.step()
         self.D.requires_grad_(True)
         if self.G_ema is not None:
