@@ -16,6 +16,7 @@ from train import loop
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.errors import TrainError
 from train.loop import Interrupted, fit
+from train.models import Generator, ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,34 @@ def test_mode_seeking_pairs_share_labels_and_enter_the_generator_gradient(tmp_pa
     same_labels, plain = first_step(1e-12)
     assert torch.equal(labels, same_labels)
     assert any(not torch.allclose(a, b) for a, b in zip(grads, plain, strict=True))
+
+
+def test_recalibrated_statistics_are_the_generators_own_output_statistics():
+    spec = ModelSpec(width=8, num_classes=3)
+    G = Generator(spec).eval()
+    first_norm = next(m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    inputs = []
+    first_norm.register_forward_pre_hook(lambda module, args: inputs.append(args[0].clone()))
+    loop.recalibrate_batchnorm(G, spec, torch.device("cpu"), seed=5, samples=300, batch=100)
+    seen = torch.cat(inputs)
+    assert seen.shape[0] == 300 and not G.training  # batch statistics used, eval mode restored
+    assert torch.allclose(first_norm.running_mean, seen.mean(dim=(0, 2, 3)), atol=1e-6)
+    per_batch_var = torch.stack([b.var(dim=(0, 2, 3)) for b in seen.split(100)])
+    assert torch.allclose(first_norm.running_var, per_batch_var.mean(0), rtol=1e-4)
+    assert first_norm.momentum == 0.1  # restored for training
+
+
+def test_saved_weight_average_carries_its_own_statistics(tmp_path):
+    run = fit(tiny_config(tmp_path, steps=3, ema=0.9, conditional=True), progress=False)
+    state = load_checkpoint(run / "checkpoint.pt")
+    spec = ModelSpec(**state["spec"])
+    G = Generator(spec)
+    G.load_state_dict(state["ema"])
+    loop.recalibrate_batchnorm(G, spec, torch.device("cpu"), seed=state["config"]["seed"])
+    for key, value in G.state_dict().items():
+        assert torch.equal(state["ema"][key], value), key
+    # The trained generator's own statistics are not the average's.
+    assert not torch.equal(state["ema"]["net.2.running_mean"], state["generator"]["net.2.running_mean"])
 
 
 def test_negative_mode_seeking_is_refused(tmp_path):
