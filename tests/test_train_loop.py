@@ -137,10 +137,11 @@ def test_negative_mode_seeking_is_refused(tmp_path):
 def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path):
     # What such a run was: two convolutions, the flat class term, no batch spread.
     old = {"d_depth": 2, "d_projection": "flat", "d_batch_std": False}
-    run = fit(tiny_config(tmp_path, steps=2, conditional=True, **old), progress=False)
+    run = fit(tiny_config(tmp_path, steps=2, conditional=True, mode_seeking=0.0, **old), progress=False)
     state = load_checkpoint(run / "checkpoint.pt")
     for key in ("d_depth", "d_projection", "d_batch_std"):
         del state["config"][key], state["spec"][key]
+    del state["config"]["mode_seeking"]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")
     # Today's defaults differ (three convolutions, pooled): the saved run, not they, decides.
@@ -148,6 +149,7 @@ def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path
     resumed = load_checkpoint(run / "checkpoint.pt")
     assert resumed["step"] == 4
     assert (resumed["spec"]["d_depth"], resumed["spec"]["d_projection"]) == (2, "flat")
+    assert resumed["config"]["mode_seeking"] == 0.0
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path, monkeypatch):

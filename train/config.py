@@ -55,4 +55,5 @@ class TrainConfig:
         values.setdefault("d_depth", 2)
         values.setdefault("d_projection", "flat")
         values.setdefault("d_batch_std", False)
+        values.setdefault("mode_seeking", 0.0)  # and no mode-seeking term
         return cls(**values)
