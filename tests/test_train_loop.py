@@ -1,5 +1,6 @@
 """One training step per architecture, checkpoints, exact resume, and Ctrl-C."""
 
+import copy
 import csv
 import json
 import signal
@@ -50,6 +51,7 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
     {"d_depth": 3, "spectral_norm": False, "conditional": True, "d_projection": "pooled"},
     {"d_batch_std": True, "conditional": True},
     {"mode_seeking": 1.0, "conditional": True},
+    {"mode_seeking": 1.0, "class_loss": 1.0, "conditional": True},
 ])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
@@ -101,6 +103,46 @@ def test_mode_seeking_pairs_share_labels_and_enter_the_generator_gradient(tmp_pa
     assert any(not torch.allclose(a, b) for a, b in zip(grads, plain, strict=True))
 
 
+def first_step_run(cfg):
+    """A fresh run after one step on a fixed batch of random images, all labelled 1."""
+    run = loop.Run(cfg, loop.spec_for(cfg, loop.load_dataset("arrays", cfg.data)), torch.device("cpu"))
+    real = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return run, real, torch.ones(8, dtype=torch.long)
+
+
+def test_class_head_learns_from_real_images_only(tmp_path):
+    run, real, labels = first_step_run(tiny_config(tmp_path, steps=1, conditional=True, class_loss=0.5))
+    before = copy.deepcopy(run.D)
+    run.train_step(real, labels)
+    # The head's gradient is the real images' class loss alone: generated images do not
+    # reach it (the generator's step leaves D's gradients untouched).
+    _, classes = before(real, labels, classes=True)
+    (0.5 * torch.nn.functional.cross_entropy(classes, labels)).backward()
+    torch.testing.assert_close(run.D.classify.weight.grad, before.classify.weight.grad)
+    assert before.classify.weight.grad.abs().sum() > 0
+
+
+def test_class_loss_enters_the_generator_gradient(tmp_path):
+    def generator_grads(weight):
+        run, real, labels = first_step_run(
+            tiny_config(tmp_path / str(weight), steps=1, conditional=True, class_loss=weight))
+        run.train_step(real, labels)
+        return [p.grad.clone() for p in run.G.parameters()]
+
+    # A negligible weight draws the same labels and noise: only the class loss's share differs.
+    plain, with_loss = generator_grads(1e-12), generator_grads(1.0)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, with_loss, strict=True))
+
+
+@pytest.mark.parametrize(("options", "text"), [
+    ({"class_loss": -1.0, "conditional": True}, "--class-loss must be 0 or more"),
+    ({"class_loss": 1.0}, "--class-loss needs --conditional"),
+])
+def test_bad_class_loss_is_refused(tmp_path, options, text):
+    with pytest.raises(TrainError, match=text):
+        fit(tiny_config(tmp_path, **options), progress=False)
+
+
 def test_recalibrated_statistics_are_the_generators_own_output_statistics():
     spec = ModelSpec(width=8, num_classes=3)
     G = Generator(spec).eval()
@@ -141,7 +183,7 @@ def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path
     state = load_checkpoint(run / "checkpoint.pt")
     for key in ("d_depth", "d_projection", "d_batch_std"):
         del state["config"][key], state["spec"][key]
-    del state["config"]["mode_seeking"]
+    del state["config"]["mode_seeking"], state["config"]["class_loss"], state["spec"]["d_classes"]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")
     # Today's defaults differ (three convolutions, pooled): the saved run, not they, decides.
@@ -149,7 +191,8 @@ def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path
     resumed = load_checkpoint(run / "checkpoint.pt")
     assert resumed["step"] == 4
     assert (resumed["spec"]["d_depth"], resumed["spec"]["d_projection"]) == (2, "flat")
-    assert resumed["config"]["mode_seeking"] == 0.0
+    assert resumed["config"]["mode_seeking"] == resumed["config"]["class_loss"] == 0.0
+    assert resumed["spec"]["d_classes"] is False
 
 
 def test_ctrl_c_saves_checkpoint_and_resume_continues(tmp_path, monkeypatch):

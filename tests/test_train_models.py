@@ -39,6 +39,21 @@ def test_class_term_is_the_projection_of_the_features(projection):
     torch.testing.assert_close(diff, phi @ (e[0] - e[1]))
 
 
+@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
+def test_class_head_reads_the_features_averaged_over_space(arch):
+    torch.manual_seed(0)
+    D = Discriminator(ModelSpec(arch=arch, num_classes=3, width=8, d_depth=3, d_classes=True)).eval()
+    x, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    out, classes = D(x, labels, classes=True)
+    torch.testing.assert_close(out, D(x, labels))  # the verdict is the one without the head
+    maps = D.features(x)
+    pooled = maps.mean(dim=(2, 3)) if arch == "dcgan" else maps
+    torch.testing.assert_close(classes, D.classify(pooled))
+    assert classes.shape == (4, 3)
+    with pytest.raises(ValueError, match="no class head"):
+        Discriminator(ModelSpec(arch=arch, num_classes=3, width=8))(x, labels, classes=True)
+
+
 def test_deeper_discriminator_has_the_reference_layout_at_28():
     D = Discriminator(ModelSpec(d_depth=3, spectral_norm=False))
     convs = [m for m in D.features if isinstance(m, torch.nn.Conv2d)]
@@ -50,6 +65,7 @@ def test_deeper_discriminator_has_the_reference_layout_at_28():
 @pytest.mark.parametrize(("options", "text"), [
     ({"d_depth": 1}, "depth must be 2 or 3"), ({"d_depth": 4}, "depth must be 2 or 3"),
     ({"d_projection": "mean"}, "unknown projection"),
+    ({"d_classes": True}, "class head in the discriminator needs a conditional model"),
 ])
 def test_unsupported_discriminator_is_refused(options, text):
     with pytest.raises(ValueError, match=text):

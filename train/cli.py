@@ -63,6 +63,9 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode-seeking", type=float, default=DEFAULTS.mode_seeking, metavar="WEIGHT",
                    help="weight of the mode-seeking term: pairs of samples with one label are "
                         "pushed apart in proportion to their noise's distance (0: off)")
+    p.add_argument("--class-loss", type=float, default=DEFAULTS.class_loss, metavar="WEIGHT",
+                   help="conditional: weight of a class loss on the generated images, judged by a "
+                        "class head the discriminator learns on real images (0: off)")
     p.add_argument("--ema", type=float, default=DEFAULTS.ema,
                    help="decay of the generator weight average (exported when > 0); 0 turns it off")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)

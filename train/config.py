@@ -30,6 +30,10 @@ class TrainConfig:
     # Mode seeking (Mao et al. 2019): weight of 1 / (image distance / noise distance) between
     # pairs of samples of one class in the generator's loss; pushes it to use its noise. 0: off.
     mode_seeking: float = 0.0
+    # Class loss (conditional runs): the discriminator gains a class head trained on real
+    # images, and the generator's loss gains this weight times its cross-entropy on the
+    # generated images and the labels asked for, so a sample shows the class it was drawn for. 0: off.
+    class_loss: float = 0.0
     ema: float = 0.999  # decay of the generator's weight average; 0 turns it off (measured: FID 8.2 -> 4.9)
     epochs: int = 5
     steps: int | None = None  # stop after this many steps in total (overrides epochs)
@@ -56,4 +60,5 @@ class TrainConfig:
         values.setdefault("d_projection", "flat")
         values.setdefault("d_batch_std", False)
         values.setdefault("mode_seeking", 0.0)  # and no mode-seeking term
+        values.setdefault("class_loss", 0.0)  # nor class loss
         return cls(**values)

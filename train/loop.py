@@ -91,6 +91,10 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         raise TrainError(f"images must be square, got {h}x{w}")
     if not cfg.mode_seeking >= 0:
         raise TrainError(f"--mode-seeking must be 0 or more, got {cfg.mode_seeking}")
+    if not cfg.class_loss >= 0:
+        raise TrainError(f"--class-loss must be 0 or more, got {cfg.class_loss}")
+    if cfg.class_loss and not cfg.conditional:
+        raise TrainError("--class-loss needs --conditional: it scores images against their labels")
     if cfg.conditional and data.labels is None:
         raise TrainError(f"--conditional needs labels, and dataset {data.name!r} has none")
     spec = ModelSpec(
@@ -98,6 +102,7 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         num_classes=len(data.classes) if cfg.conditional else 0, width=cfg.width,
         spectral_norm=cfg.spectral_norm, d_depth=cfg.d_depth,
         d_projection=cfg.d_projection, d_batch_std=cfg.d_batch_std,
+        d_classes=cfg.conditional and cfg.class_loss > 0,
     )
     try:
         check_spec(spec)
@@ -226,11 +231,19 @@ class Run:
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda" else contextlib.nullcontext()
         )
+        classes = self.spec.d_classes
         with amp:
             fake = self.G(z, fake_labels)
-            out_real = self.D(real, labels)
+            if classes:
+                out_real, class_real = self.D(real, labels, classes=True)
+            else:
+                out_real = self.D(real, labels)
             out_fake = self.D(fake.detach(), fake_labels)
             loss_d = d_loss(cfg.loss, out_real.float(), out_fake.float(), cfg.label_smoothing)
+            if classes:
+                # The class head learns from real images only: learning from generated ones
+                # would teach it to accept whatever the generator draws for a label.
+                loss_d = loss_d + cfg.class_loss * F.cross_entropy(class_real.float(), labels)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -239,11 +252,16 @@ class Run:
         # computing them (about a third of D's backward pass).
         self.D.requires_grad_(False)
         with amp:
-            out_gen = self.D(fake, fake_labels)
+            if classes:
+                out_gen, class_gen = self.D(fake, fake_labels, classes=True)
+            else:
+                out_gen = self.D(fake, fake_labels)
             loss_g = g_loss(cfg.loss, out_gen.float())
         total_g = loss_g
+        if classes:
+            total_g = total_g + cfg.class_loss * F.cross_entropy(class_gen.float(), fake_labels)
         if cfg.mode_seeking and n >= 2:
-            total_g = loss_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
+            total_g = total_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
         self.opt_g.zero_grad(set_to_none=True)
         total_g.backward()
         self.opt_g.step()

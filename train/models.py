@@ -33,6 +33,7 @@ class ModelSpec:
     d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
     d_projection: str = "flat"  # conditional dcgan: class term on the flat maps, or "pooled" over space
     d_batch_std: bool = False  # dcgan: the discriminator sees its batch's spread (minibatch std)
+    d_classes: bool = False  # conditional: the discriminator also classifies its input (a class head)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,20 +141,31 @@ class Discriminator(nn.Module):
         self.pooled = spec.d_projection == "pooled" and spec.arch == "dcgan"
         n_project = n_maps if self.pooled else n_features
         self.project = sn(nn.Embedding(k, n_project)) if k else None
+        # A class head on the features averaged over space (Odena et al. 2017's auxiliary
+        # classifier), trained on real images only; the generator is asked to satisfy it.
+        n_pooled = n_maps if spec.arch == "dcgan" else n_features
+        self.classify = nn.Linear(n_pooled, k) if k and spec.d_classes else None
         self.apply(init_weights)
         if self.project is not None and not spec.spectral_norm:
             # Embedding's default N(0, 1) over thousands of features would drown the head's
             # term; spectral norm makes the scale moot, without it start as small as the rest.
             nn.init.normal_(self.project.weight, 0.0, 0.02)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, classes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits [n]; with classes=True also the class head's logits [n, k]."""
         maps = self.features(x)
         h = maps.flatten(1)
         out = self.head(torch.cat([h, batch_std(maps).flatten(1)], 1) if self.batch_std else h).squeeze(1)
         if self.project is not None:
             phi = maps.sum(dim=(2, 3)) if self.pooled else h
             out = out + (self.project(labels) * phi).sum(dim=1)
-        return out
+        if not classes:
+            return out
+        if self.classify is None:
+            raise ValueError("this discriminator has no class head (its spec's d_classes is off)")
+        return out, self.classify(maps.mean(dim=(2, 3)) if maps.dim() == 4 else h)
 
 
 def batch_std(maps: torch.Tensor, group: int = 4) -> torch.Tensor:
@@ -181,5 +193,7 @@ def check_spec(spec: ModelSpec) -> None:
         raise ValueError(f"the discriminator's depth must be 2 or 3, got {spec.d_depth}")
     if spec.d_projection not in PROJECTIONS:
         raise ValueError(f"unknown projection {spec.d_projection!r} (choose from {PROJECTIONS})")
+    if spec.d_classes and not spec.num_classes:
+        raise ValueError("a class head in the discriminator needs a conditional model (labels)")
     if spec.channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {spec.channels}")
