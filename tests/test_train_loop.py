@@ -52,6 +52,7 @@ def test_training_changes_weights_and_writes_outputs(tmp_path, arch, conditional
     {"d_batch_std": True, "conditional": True},
     {"mode_seeking": 1.0, "conditional": True},
     {"mode_seeking": 1.0, "class_loss": 1.0, "conditional": True},
+    {"class_loss": 1.0, "class_margin": 2.0, "conditional": True},
 ])
 def test_resume_equals_uninterrupted(tmp_path, options):
     straight = fit(tiny_config(tmp_path / "a", steps=7, ema=0.9, **options), progress=False)
@@ -134,8 +135,23 @@ def test_class_loss_enters_the_generator_gradient(tmp_path):
     assert any(not torch.allclose(a, b) for a, b in zip(plain, with_loss, strict=True))
 
 
+def test_class_term_is_cross_entropy_or_a_hinge_on_the_asked_class_s_lead():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.5, 2.0], [4.0, 0.0, 5.0]])
+    labels = torch.tensor([0, 1, 0])
+    torch.testing.assert_close(loop.class_term(logits, labels, 0.0),
+                               torch.nn.functional.cross_entropy(logits, labels))
+    # Leads over the best other class: 2, 0.5 and -1; a margin of 2 charges 0, 1.5 and 3.
+    assert loop.class_term(logits, labels, 2.0).item() == pytest.approx((0 + 1.5 + 3) / 3)
+    # A sample already read as its class by the margin is not pushed any further.
+    logits.requires_grad_(True)
+    loop.class_term(logits, labels, 2.0).backward()
+    assert torch.equal(logits.grad[0], torch.zeros(3))
+    assert logits.grad[2, 0] < 0 < logits.grad[2, 2]  # descent raises the asked class's logit
+
+
 @pytest.mark.parametrize(("options", "text"), [
     ({"class_loss": -1.0, "conditional": True}, "--class-loss must be 0 or more"),
+    ({"class_loss": 1.0, "class_margin": -1.0, "conditional": True}, "--class-margin must be 0 or more"),
     ({"class_loss": 1.0}, "--class-loss needs --conditional"),
 ])
 def test_bad_class_loss_is_refused(tmp_path, options, text):
@@ -183,7 +199,9 @@ def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path
     state = load_checkpoint(run / "checkpoint.pt")
     for key in ("d_depth", "d_projection", "d_batch_std"):
         del state["config"][key], state["spec"][key]
-    del state["config"]["mode_seeking"], state["config"]["class_loss"], state["spec"]["d_classes"]
+    for key in ("mode_seeking", "class_loss", "class_margin"):
+        del state["config"][key]
+    del state["spec"]["d_classes"]
     state.pop("format")
     save_checkpoint(state, run / "checkpoint.pt")
     # Today's defaults differ (three convolutions, pooled): the saved run, not they, decides.
@@ -192,6 +210,7 @@ def test_a_run_saved_before_the_discriminator_options_resumes_as_it_was(tmp_path
     assert resumed["step"] == 4
     assert (resumed["spec"]["d_depth"], resumed["spec"]["d_projection"]) == (2, "flat")
     assert resumed["config"]["mode_seeking"] == resumed["config"]["class_loss"] == 0.0
+    assert resumed["config"]["class_margin"] == 0.0
     assert resumed["spec"]["d_classes"] is False
 
 

@@ -66,6 +66,9 @@ def add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-loss", type=float, default=DEFAULTS.class_loss, metavar="WEIGHT",
                    help="conditional: weight of a class loss on the generated images, judged by a "
                         "class head the discriminator learns on real images (0: off)")
+    p.add_argument("--class-margin", type=float, default=DEFAULTS.class_margin, metavar="M",
+                   help="the generator's class loss: 0 for cross-entropy, or M > 0 for a hinge that "
+                        "pushes only samples whose asked class does not lead the other logits by M")
     p.add_argument("--ema", type=float, default=DEFAULTS.ema,
                    help="decay of the generator weight average (exported when > 0); 0 turns it off")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)

@@ -34,6 +34,10 @@ class TrainConfig:
     # images, and the generator's loss gains this weight times its cross-entropy on the
     # generated images and the labels asked for, so a sample shows the class it was drawn for. 0: off.
     class_loss: float = 0.0
+    # 0: that class loss is the cross-entropy. M > 0: a hinge, max(0, M - (logit of the asked
+    # class - the largest other logit)), so only samples not already read as their class by a
+    # margin of M are pushed, not every sample towards its class's most typical look.
+    class_margin: float = 0.0
     ema: float = 0.999  # decay of the generator's weight average; 0 turns it off (measured: FID 8.2 -> 4.9)
     epochs: int = 5
     steps: int | None = None  # stop after this many steps in total (overrides epochs)
@@ -61,4 +65,5 @@ class TrainConfig:
         values.setdefault("d_batch_std", False)
         values.setdefault("mode_seeking", 0.0)  # and no mode-seeking term
         values.setdefault("class_loss", 0.0)  # nor class loss
+        values.setdefault("class_margin", 0.0)
         return cls(**values)

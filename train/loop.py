@@ -93,6 +93,8 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         raise TrainError(f"--mode-seeking must be 0 or more, got {cfg.mode_seeking}")
     if not cfg.class_loss >= 0:
         raise TrainError(f"--class-loss must be 0 or more, got {cfg.class_loss}")
+    if not cfg.class_margin >= 0:
+        raise TrainError(f"--class-margin must be 0 or more, got {cfg.class_margin}")
     if cfg.class_loss and not cfg.conditional:
         raise TrainError("--class-loss needs --conditional: it scores images against their labels")
     if cfg.conditional and data.labels is None:
@@ -142,6 +144,16 @@ def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     images = (fake[:half] - fake[half : 2 * half]).abs().mean()
     noises = (z[:half] - z[half : 2 * half]).abs().mean()
     return 1.0 / (images / noises + 1e-5)
+
+
+def class_term(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """The generator's class loss: cross-entropy (margin 0), or the hinge
+    mean(max(0, margin - (logit of the label - the largest other logit)))."""
+    if not margin:
+        return F.cross_entropy(logits, labels)
+    asked = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return F.relu(margin - (asked - others)).mean()
 
 
 class Run:
@@ -259,7 +271,7 @@ class Run:
             loss_g = g_loss(cfg.loss, out_gen.float())
         total_g = loss_g
         if classes:
-            total_g = total_g + cfg.class_loss * F.cross_entropy(class_gen.float(), fake_labels)
+            total_g = total_g + cfg.class_loss * class_term(class_gen.float(), fake_labels, cfg.class_margin)
         if cfg.mode_seeking and n >= 2:
             total_g = total_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
         self.opt_g.zero_grad(set_to_none=True)
