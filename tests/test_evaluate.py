@@ -284,3 +284,35 @@ def test_raw_scores_the_trained_generator_instead_of_its_average(tiny, tmp_path)
     assert evaluate(tiny["run"], raw=True, **kwargs)["fid"] != evaluate(tiny["run"], **kwargs)["fid"]
     with pytest.raises(TrainError, match="--raw needs --checkpoint"):
         evaluate(model=tmp_path, raw=True, **kwargs)
+
+
+def test_temperature_scores_the_generator_on_scaled_noise_as_its_export_does(tiny, tmp_path):
+    z = np.random.default_rng(1).standard_normal((4, 100)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    np.testing.assert_array_equal(from_checkpoint(tiny["run"], temperature=1.5).generate(z, y),
+                                  from_checkpoint(tiny["run"]).generate(1.5 * z, y))
+    report = tmp_path / "t.json"
+    result = cli(*evaluate_args(tiny, "--temperature", 1.5, "--json", report))
+    assert result.returncode == 0, result.stderr
+    assert "at temperature 1.5" in result.stdout
+    scored = json.loads(report.read_text())
+    assert scored["temperature"] == 1.5
+
+    # The export at that temperature scores the same on onnxruntime, and says so.
+    exported = cli("export", tiny["run"], "--name", "t", "--models-dir", tmp_path / "models",
+                   "--temperature", 1.5)
+    assert exported.returncode == 0, exported.stderr
+    meta = json.loads((tmp_path / "models" / "t" / "1" / "model.json").read_text())
+    assert meta["latent"]["temperature"] == 1.5
+    args = evaluate_args(tiny, "--json", tmp_path / "o.json")[3:]
+    assert cli("evaluate", "--model", tmp_path / "models" / "t", *args).returncode == 0
+    assert json.loads((tmp_path / "o.json").read_text())["fid"] == pytest.approx(scored["fid"], rel=1e-3)
+    # An exported model's temperature is in its graph: asking for another is an error.
+    assert_one_line_error(cli("evaluate", "--model", tmp_path / "models" / "t", *args, "--temperature", 2),
+                          "--temperature needs --checkpoint")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_a_temperature_that_is_not_positive_is_one_line(tiny, value):
+    assert_one_line_error(cli(*evaluate_args(tiny, "--temperature", value)),
+                          "--temperature must be a positive number")

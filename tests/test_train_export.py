@@ -62,6 +62,27 @@ def test_export_conditional_lists_classes_and_takes_labels(runs, tmp_path):
     assert not np.array_equal(a, b)  # the label changes the image
 
 
+def test_export_at_a_temperature_scales_the_noise_inside_the_graph(runs, tmp_path):
+    plain = json.loads((export(runs["cond"], tmp_path, "c") / "model.json").read_text())
+    assert plain["latent"]["temperature"] == 1.0
+    target = export(runs["cond"], tmp_path, "warm", temperature=1.25)
+    meta = json.loads((target / "model.json").read_text())
+    assert meta["latent"]["temperature"] == 1.25
+    assert meta["latent"]["distribution"] == "standard_normal"  # callers' noise is unchanged
+    session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
+    z, labels = noise_for_seeds(range(4), 100), np.array([0, 1, 2, 0])
+    G, _ = load_generator(runs["cond"])
+    with torch.no_grad():
+        expected = G(torch.from_numpy(1.25 * z), torch.from_numpy(labels)).numpy()
+        untempered = G(torch.from_numpy(z), torch.from_numpy(labels)).numpy()
+    got = session.run(["images"], {"z": z, "labels": labels})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(got - untempered).max() > 1e-3
+    with pytest.raises(TrainError, match="must be a positive number"):
+        export(runs["cond"], tmp_path, "cold", temperature=0.0)
+    assert not (tmp_path / "cold").exists()  # refused before anything is written
+
+
 def test_versions_increase_and_never_overwrite(runs, tmp_path):
     assert export(runs["mlp"], tmp_path, "m").name == "1"
     assert export(runs["mlp"], tmp_path, "m").name == "2"

@@ -97,6 +97,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max abs difference torch vs onnxruntime allowed")
     p.add_argument("--metrics", type=Path, help="evaluation JSON to record in model.json")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sample z at this spread: the model computes G(T * z) (default 1; above 1 "
+                        "trades precision for recall, below 1 the reverse)")
 
 
 def add_sample(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +127,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=10000, help="generated samples (seeds 0..N-1)")
     p.add_argument("--raw", action="store_true",
                    help="with --checkpoint: score the trained generator, not its weight average")
+    p.add_argument("--temperature", type=float,
+                   help="with --checkpoint: score G(T * z), as `export --temperature T` would publish")
     p.add_argument("--json", type=Path, help="also write the report here (for `export --metrics`)")
 
 
@@ -175,7 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
         from train.export import export
 
         path = export(args.run, args.models_dir, args.name, args.version, args.opset,
-                      args.tolerance, args.metrics)
+                      args.tolerance, args.metrics, args.temperature)
         print(f"exported {path}")
     elif args.command == "sample":
         from train.sample import sample
@@ -189,7 +194,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         started = time.perf_counter()
         report = evaluate(args.checkpoint, args.model, args.dataset, args.data, args.test_data,
-                          args.classifier, args.samples, args.raw)
+                          args.classifier, args.samples, args.raw, args.temperature)
         print(format_report(report))
         print(f"evaluated in {time.perf_counter() - started:.0f} s")
         if args.json:

@@ -197,11 +197,13 @@ class Source:
     config: dict  # the training config (dataset, data, image_size, channels)
 
 
-def from_checkpoint(run: Path, raw: bool = False) -> Source:
-    """A run directory or checkpoint file -> its generator (the weight average if kept, unless raw)."""
-    from train.export import load_generator
+def from_checkpoint(run: Path, raw: bool = False, temperature: float = 1.0) -> Source:
+    """A run directory or checkpoint file -> its generator (the weight average if kept, unless
+    raw), sampling z at `temperature` as `train export --temperature` would."""
+    from train.export import load_generator, with_temperature
 
     G, state = load_generator(run, raw)
+    G = with_temperature(G, temperature)
 
     @torch.no_grad()
     def generate(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -249,12 +251,16 @@ def resolve_data(source: Source, dataset: str | None, data: Path | None) -> tupl
 def evaluate(
     checkpoint: Path | None = None, model: Path | None = None, dataset: str | None = None,
     data: Path | None = None, test_data: Path | None = None, classifier: Path | None = None,
-    samples: int = SAMPLES, raw: bool = False,
+    samples: int = SAMPLES, raw: bool = False, temperature: float | None = None,
 ) -> dict:
     """The evaluation report of a checkpoint or exported model (what --json writes)."""
     if raw and model is not None:
         raise TrainError("--raw needs --checkpoint: an exported model holds only the generator it published")
-    source = from_onnx(model) if model is not None else from_checkpoint(checkpoint, raw)
+    if temperature is not None and model is not None:
+        raise TrainError("--temperature needs --checkpoint: an exported model's temperature is in its "
+                         "graph (model.json: latent.temperature)")
+    source = (from_onnx(model) if model is not None
+              else from_checkpoint(checkpoint, raw, 1.0 if temperature is None else temperature))
     kind, data = resolve_data(source, dataset, data)
     if classifier is None:
         if kind not in MNIST_LIKE:
@@ -269,6 +275,7 @@ def evaluate(
              if key in scores and key != "class_shares"}
     return {
         "generator": source.name,
+        **({"temperature": temperature} if temperature is not None else {}),
         **scores,
         **floor,
         "samples": samples,
@@ -295,7 +302,8 @@ ROWS = [
 def format_report(report: dict) -> str:
     """The report as a readable table: the generator's figures next to the real-data floor."""
     lines = [
-        f"generator   {report['generator']}",
+        f"generator   {report['generator']}"
+        + (f" at temperature {report['temperature']:g}" if "temperature" in report else ""),
         f"dataset     {report['dataset']}: test split of {report['test_images']} images",
         f"samples     {report['samples']} (seeds 0-{report['samples'] - 1}); floor: "
         f"{report['floor_samples']} train images",

@@ -53,6 +53,29 @@ def load_generator(run: Path, raw: bool = False) -> tuple[Generator, dict]:
     return G.eval(), state
 
 
+class Tempered(torch.nn.Module):
+    """G(temperature * z): the generator sampling its noise at another spread.
+
+    Above 1 it is the truncation trick reversed: samples spread wider, trading a little
+    precision for recall; below 1 the reverse. Callers still draw z from the standard normal
+    (the latent spec is unchanged); the scaling is part of the model, and of its ONNX graph.
+    """
+
+    def __init__(self, G: Generator, temperature: float):
+        super().__init__()
+        self.G, self.spec, self.temperature = G, G.spec, temperature
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.G(z * self.temperature, labels)
+
+
+def with_temperature(G: Generator, temperature: float) -> torch.nn.Module:
+    """G itself at temperature 1, else G(temperature * z); a temperature must be positive."""
+    if not (0 < temperature < float("inf")):
+        raise TrainError(f"--temperature must be a positive number, got {temperature}")
+    return G if temperature == 1 else Tempered(G, temperature).eval()
+
+
 def parity_inputs(spec: ModelSpec, seeds: list[int]) -> dict[str, np.ndarray]:
     """The ONNX inputs for seeds under the latent spec (labels by the spec: seed % classes)."""
     feeds = {"z": latent.noise_for_seeds(seeds, spec.latent_size)}
@@ -67,7 +90,7 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_onnx(G: Generator, path: Path, opset: int) -> None:
+def export_onnx(G: torch.nn.Module, path: Path, opset: int) -> None:
     """Write G as ONNX: z [n, d] (+ labels [n]) -> images [n, C, H, W], dynamic n."""
     spec = G.spec
     z = torch.zeros(2, spec.latent_size)
@@ -88,7 +111,7 @@ def export_onnx(G: Generator, path: Path, opset: int) -> None:
         )
 
 
-def parity(G: Generator, onnx_path: Path, seeds: list[int]) -> float:
+def parity(G: torch.nn.Module, onnx_path: Path, seeds: list[int]) -> float:
     """Max abs difference between torch and onnxruntime on the same seeds."""
     import onnxruntime as ort
 
@@ -104,8 +127,8 @@ def parity(G: Generator, onnx_path: Path, seeds: list[int]) -> float:
 
 
 def model_metadata(
-    name: str, version: int, G: Generator, state: dict, onnx_path: Path, opset: int,
-    max_abs_diff: float, metrics: dict,
+    name: str, version: int, G: torch.nn.Module, state: dict, onnx_path: Path, opset: int,
+    max_abs_diff: float, metrics: dict, temperature: float = 1.0,
 ) -> dict:
     """The model.json document (see docs/model-format.md)."""
     spec = G.spec
@@ -120,7 +143,9 @@ def model_metadata(
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "architecture": spec.arch,
         "latent": {"size": spec.latent_size, "distribution": latent.DISTRIBUTION,
-                   "dtype": latent.DTYPE, "spec": latent.SPEC},
+                   "dtype": latent.DTYPE, "spec": latent.SPEC,
+                   # The graph multiplies z by this before the generator (1: not at all).
+                   "temperature": temperature},
         "inputs": inputs,
         "output": {"name": "images", "dtype": "float32",
                    "shape": ["n", spec.channels, spec.image_size, spec.image_size],
@@ -139,7 +164,7 @@ def model_metadata(
 
 def export(
     run: Path, models_dir: Path, name: str, version: int | None = None, opset: int = 17,
-    tolerance: float = 1e-4, metrics_file: Path | None = None,
+    tolerance: float = 1e-4, metrics_file: Path | None = None, temperature: float = 1.0,
 ) -> Path:
     """Export a run's generator as models_dir/name/version; returns that directory."""
     if not NAME_RE.match(name):
@@ -148,6 +173,7 @@ def export(
         raise TrainError(f"version must be a positive integer, got {version}")
     metrics = json.loads(Path(metrics_file).read_text()) if metrics_file else {}
     G, state = load_generator(run)
+    G = with_temperature(G, temperature)
     model_dir = Path(models_dir) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +196,7 @@ def export(
                 f"onnxruntime differs from torch by {diff:.3g} (> tolerance {tolerance:g}); "
                 "not published"
             )
-        meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics)
+        meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics, temperature)
         (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o755)
         try:
