@@ -153,6 +153,7 @@ def test_class_term_is_cross_entropy_or_a_hinge_on_the_asked_class_s_lead():
     ({"class_loss": -1.0, "conditional": True}, "--class-loss must be 0 or more"),
     ({"class_loss": 1.0, "class_margin": -1.0, "conditional": True}, "--class-margin must be 0 or more"),
     ({"class_loss": 1.0}, "--class-loss needs --conditional"),
+    ({"class_margin": 2.0, "conditional": True}, "--class-margin shapes the class loss"),
 ])
 def test_bad_class_loss_is_refused(tmp_path, options, text):
     with pytest.raises(TrainError, match=text):

@@ -95,6 +95,8 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         raise TrainError(f"--class-loss must be 0 or more, got {cfg.class_loss}")
     if not cfg.class_margin >= 0:
         raise TrainError(f"--class-margin must be 0 or more, got {cfg.class_margin}")
+    if cfg.class_margin and not cfg.class_loss:
+        raise TrainError("--class-margin shapes the class loss: it needs --class-loss WEIGHT too")
     if cfg.class_loss and not cfg.conditional:
         raise TrainError("--class-loss needs --conditional: it scores images against their labels")
     if cfg.conditional and data.labels is None:
