@@ -83,6 +83,21 @@ def test_export_at_a_temperature_scales_the_noise_inside_the_graph(runs, tmp_pat
     assert not (tmp_path / "cold").exists()  # refused before anything is written
 
 
+def test_metrics_of_another_temperature_or_unreadable_are_refused(runs, tmp_path):
+    (tmp_path / "t1.json").write_text(json.dumps({"fid": 1.0}))  # scored at temperature 1
+    (tmp_path / "t2.json").write_text(json.dumps({"fid": 1.0, "temperature": 1.25}))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TrainError, match="at temperature 1, but this export is at 1.25"):
+        export(runs["cond"], tmp_path / "m", "c", temperature=1.25, metrics_file=tmp_path / "t1.json")
+    with pytest.raises(TrainError, match="at temperature 1.25, but this export is at 1"):
+        export(runs["cond"], tmp_path / "m", "c", metrics_file=tmp_path / "t2.json")
+    with pytest.raises(TrainError, match="cannot read the metrics file"):
+        export(runs["cond"], tmp_path / "m", "c", metrics_file=tmp_path / "bad.json")
+    assert not (tmp_path / "m").exists()  # nothing written
+    target = export(runs["cond"], tmp_path / "m", "c", temperature=1.25, metrics_file=tmp_path / "t2.json")
+    assert json.loads((target / "model.json").read_text())["metrics"]["temperature"] == 1.25
+
+
 def test_versions_increase_and_never_overwrite(runs, tmp_path):
     assert export(runs["mlp"], tmp_path, "m").name == "1"
     assert export(runs["mlp"], tmp_path, "m").name == "2"

@@ -76,6 +76,21 @@ def with_temperature(G: Generator, temperature: float) -> torch.nn.Module:
     return G if temperature == 1 else Tempered(G, temperature).eval()
 
 
+def read_metrics(path: Path, temperature: float) -> dict:
+    """An evaluation report for model.json; refused if it scored another temperature."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainError(f"cannot read the metrics file {path}: {e}") from None
+    if not isinstance(metrics, dict):
+        raise TrainError(f"{path} is not an evaluation report (a JSON object)")
+    scored = metrics.get("temperature", 1.0)
+    if scored != temperature:
+        raise TrainError(f"{path} scored the generator at temperature {scored:g}, but this export "
+                         f"is at {temperature:g}: evaluate with --temperature {temperature:g}")
+    return metrics
+
+
 def parity_inputs(spec: ModelSpec, seeds: list[int]) -> dict[str, np.ndarray]:
     """The ONNX inputs for seeds under the latent spec (labels by the spec: seed % classes)."""
     feeds = {"z": latent.noise_for_seeds(seeds, spec.latent_size)}
@@ -171,7 +186,7 @@ def export(
         raise TrainError(f"model name {name!r} must match {NAME_RE.pattern}")
     if version is not None and version < 1:
         raise TrainError(f"version must be a positive integer, got {version}")
-    metrics = json.loads(Path(metrics_file).read_text()) if metrics_file else {}
+    metrics = read_metrics(Path(metrics_file), temperature) if metrics_file else {}
     G, state = load_generator(run)
     G = with_temperature(G, temperature)
     model_dir = Path(models_dir) / name
