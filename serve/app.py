@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from serve.api import State, bp
 from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
 from serve.errors import ApiError, error_body
+from serve.model import tune_malloc
 from serve.openapi import PID_HEADER, build_spec
 from serve.registry import Registry
 from serve.schema import generate_query_schema, generate_request_schema
@@ -37,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         env[name] = str(value)
     settings = load_settings(env)
     configure_logging(settings.log_level)
+    tune_malloc()
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

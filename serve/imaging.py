@@ -13,8 +13,11 @@ GRID_PADDING = 2  # pixels between tiles and around the border, filled with 0 (b
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images [n, C, H, W] in [0, 1] to uint8 tiles [n, H, W, C] (round half to even)."""
-    # nan_to_num: extreme client noise can overflow inside the network; NaN must not reach a cast.
-    scaled = np.rint(np.clip(np.nan_to_num(images, nan=0.0), 0.0, 1.0) * 255.0)
+    # Extreme client noise can overflow inside the network, and NaN must not reach a cast:
+    # fmax(NaN, 0) is 0 (fmax ignores NaN), then fmin clips to 1; infinities clip like numbers.
+    scaled = np.fmin(np.fmax(images, 0.0), 1.0)
+    scaled *= 255.0
+    np.rint(scaled, out=scaled)
     return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
 
 

@@ -2,34 +2,88 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
+import logging
 
 import numpy as np
 import onnxruntime as ort
 
+from serve import latent
 from serve.repository import ModelError, ModelSpec
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+# The seeds whose images decide whether a batch size may run as one batch (see Generator).
+PROBE_SEED = 2**62
+# Larger requests run in batches of at most this many samples: per image, batch 16 is as fast
+# as batch 64 on the shipped models (about 0.29 ms against 0.39 ms at batch 1, on one
+# thread), and its activations need a quarter of the memory.
+MAX_BATCH = 16
+log = logging.getLogger(__name__)
 
 
 class Generator:
-    """One model version and its session; runs one sample per call so images never depend on n."""
+    """One model version and its session, run so that a sample's image never depends on n.
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession) -> None:
+    onnxruntime's kernels could in principle compute a sample differently inside a batch of
+    another size (other tiling, other summation order), which changes the last bits and can
+    move a rounded pixel. So a request runs in batches of up to MAX_BATCH samples, and a
+    batch size is used only once it has been checked for this session: the first time size
+    b is needed, the probe seeds run as one batch of b and one by one, and b is batched only
+    if every output bit agrees. Otherwise (or with batching off) it runs one sample per call.
+    """
+
+    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, batching: bool = True) -> None:
         self.spec = spec
         self.session = session
+        self.batching = batching
+        # batch size -> whether it gives the same bits as batch 1; at most MAX_BATCH entries.
+        self.batch_verdicts: dict[int, bool] = {1: True}
 
     def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Images for noise ``z`` [n, d] (and ``labels`` [n]): float32 [n, C, H, W]."""
-        # onnxruntime may pick different kernels for different batch sizes, which changes
-        # the last bits; batch 1 makes each sample's output independent of the request.
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if labels is not None:
+            labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if not self.batching or len(z) == 1:
+            return self._run_one_by_one(z, labels)
+        parts = []
+        for start in range(0, len(z), MAX_BATCH):
+            zs = z[start : start + MAX_BATCH]
+            ls = None if labels is None else labels[start : start + MAX_BATCH]
+            run = self._run if self._batch_matches(len(zs)) else self._run_one_by_one
+            parts.append(run(zs, ls))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _run(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
+        return self.session.run(["images"], feeds)[0]
+
+    def _run_one_by_one(self, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         out = np.empty((len(z), *self.spec.image_shape), dtype=np.float32)
         for i in range(len(z)):
-            feeds = {"z": np.ascontiguousarray(z[i : i + 1], dtype=np.float32)}
-            if labels is not None:
-                feeds["labels"] = np.ascontiguousarray(labels[i : i + 1], dtype=np.int64)
-            out[i] = self.session.run(["images"], feeds)[0][0]
+            out[i] = self._run(z[i : i + 1], None if labels is None else labels[i : i + 1])[0]
         return out
+
+    def _batch_matches(self, n: int) -> bool:
+        """Whether batch size ``n`` gives bit-identical outputs to batch 1 (checked once)."""
+        verdict = self.batch_verdicts.get(n)
+        if verdict is None:
+            seeds = range(PROBE_SEED, PROBE_SEED + n)
+            z = latent.noise_for_seeds(seeds, self.spec.latent_size)
+            labels = None
+            if self.spec.classes is not None:
+                labels = latent.labels_for_seeds(seeds, len(self.spec.classes))
+            batched = self._run(z, labels).view(np.uint32)
+            verdict = bool(np.array_equal(batched, self._run_one_by_one(z, labels).view(np.uint32)))
+            if not verdict:
+                log.warning(
+                    "model %s version %d: batch size %d differs from batch 1 in the last bits; "
+                    "running it one sample at a time", self.spec.name, self.spec.version, n,
+                )
+            self.batch_verdicts[n] = verdict
+        return verdict
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -41,10 +95,42 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.use_deterministic_compute = True
     # Idle spinning threads would steal CPU from the other workers on the same cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Each session's arena would keep its own high-water mark of activations (and round it up
+    # to a power of two); without it every session allocates from the one process heap, which
+    # tune_malloc() keeps from shrinking and regrowing between runs.
+    options.enable_cpu_mem_arena = False
     return options
 
 
-def load_generator(spec: ModelSpec, threads: int) -> Generator:
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
+
+
+def tune_malloc() -> None:
+    """Keep freed heap memory for reuse: glibc would otherwise return and refault it each run."""
+    # Without onnxruntime's arena, a batch's activations (megabytes) are malloc'ed and freed
+    # on every run; glibc's default thresholds then mmap/munmap or trim them each time, which
+    # costs about 13% at batch 64. Fixed thresholds keep them in the heap (RSS stays at the
+    # high-water mark of one run, shared by every session of the process).
+    libc = _libc()
+    if libc is None:  # not glibc: its allocator has no such knobs
+        log.debug("mallopt is not available; leaving the allocator's defaults")
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the system (after loading models, not per request)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def load_generator(spec: ModelSpec, threads: int, batching: bool = True) -> Generator:
     """Create the session from the bytes whose sha256 was checked and compare its I/O to the spec."""
     data = spec.onnx_path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
@@ -56,9 +142,11 @@ def load_generator(spec: ModelSpec, threads: int) -> Generator:
         )
     except Exception as e:  # onnxruntime raises its own exception types for bad graphs
         raise ModelError(f"{spec.path}: onnxruntime cannot load model.onnx: {e}") from None
+    del data  # the session holds its own copy of the weights
     check_io(spec, session)
-    generator = Generator(spec, session)
+    generator = Generator(spec, session, batching)
     probe(generator)
+    release_free_memory()  # parsing the graph leaves a few MB of freed heap behind
     return generator
 
 

@@ -15,7 +15,7 @@ from tiny_models import write_model
 
 from serve import imaging, latent
 from serve.app import create_app
-from serve.model import load_generator
+from serve.model import MAX_BATCH, Generator, load_generator
 from serve.repository import read_spec
 
 
@@ -59,17 +59,69 @@ class SessionSpy:
         return self.session.run(outputs, feeds)  # type: ignore[attr-defined]
 
 
-def test_inference_runs_one_sample_at_a_time(tmp_path: Path) -> None:
-    # onnxruntime may choose other kernels for other batch sizes (last-bit differences that
-    # can flip a rounded pixel); batch 1 keeps every sample's bytes independent of n.
+def one_by_one(generator: Generator, z: np.ndarray) -> np.ndarray:
+    return np.concatenate([generator.generate(z[i : i + 1]) for i in range(len(z))])
+
+
+def test_a_batch_size_is_used_once_checked_against_batch_one(tmp_path: Path) -> None:
     path = write_model(tmp_path, "wide", 1, latent=128, shape=(3, 32, 32))
     generator = load_generator(read_spec(path, "wide", 1), threads=1)
     z = latent.noise_for_seeds(range(5), 128)
-    expected = np.concatenate([generator.generate(z[i : i + 1]) for i in range(5)])
+    expected = one_by_one(generator, z)
     spy = SessionSpy(generator.session)
     generator.session = spy  # type: ignore[assignment]
     assert generator.generate(z).tobytes() == expected.tobytes()
-    assert spy.batches == [1] * 5
+    # First use of size 5: the probe seeds as one batch and one by one, then the request.
+    assert spy.batches == [5, 1, 1, 1, 1, 1, 5]
+    assert generator.batch_verdicts[5] is True
+    spy.batches.clear()
+    assert generator.generate(z[::-1].copy()).tobytes() == expected[::-1].tobytes()
+    assert spy.batches == [5]  # checked once
+
+
+def test_large_requests_run_in_batches_of_at_most_max_batch(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "tiny", 1)
+    generator = load_generator(read_spec(path, "tiny", 1), threads=1)
+    n = 2 * MAX_BATCH + 3
+    z = latent.noise_for_seeds(range(n), 8)
+    expected = one_by_one(generator, z)
+    generator.generate(z)  # settles the verdicts of MAX_BATCH and 3
+    spy = SessionSpy(generator.session)
+    generator.session = spy  # type: ignore[assignment]
+    assert generator.generate(z).tobytes() == expected.tobytes()
+    assert spy.batches == [MAX_BATCH, MAX_BATCH, 3]
+
+
+def test_a_batch_size_that_changes_the_bits_runs_one_sample_at_a_time(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "mixing", 1, batch_dependent=True)
+    generator = load_generator(read_spec(path, "mixing", 1), threads=1)
+    z = latent.noise_for_seeds(range(4), 8)
+    expected = one_by_one(generator, z)
+    spy = SessionSpy(generator.session)
+    generator.session = spy  # type: ignore[assignment]
+    assert generator.generate(z).tobytes() == expected.tobytes()
+    assert generator.batch_verdicts[4] is False
+    spy.batches.clear()
+    generator.generate(z)
+    assert spy.batches == [1, 1, 1, 1]
+
+
+def test_batching_off_runs_one_sample_at_a_time(tmp_path: Path) -> None:
+    path = write_model(tmp_path, "tiny", 1)
+    generator = load_generator(read_spec(path, "tiny", 1), threads=1, batching=False)
+    spy = SessionSpy(generator.session)
+    generator.session = spy  # type: ignore[assignment]
+    generator.generate(latent.noise_for_seeds(range(3), 8))
+    assert spy.batches == [1, 1, 1]
+
+
+def test_batch_dependent_model_really_differs_in_a_batch(tmp_path: Path) -> None:
+    # The fallback test above is only meaningful if batching would change this model's bits.
+    path = write_model(tmp_path, "mixing", 1, batch_dependent=True)
+    generator = load_generator(read_spec(path, "mixing", 1), threads=1)
+    z = latent.noise_for_seeds(range(4), 8)
+    batched = generator.session.run(["images"], {"z": z})[0]
+    assert batched.tobytes() != one_by_one(generator, z).tobytes()
 
 
 def test_rgb_model_gives_rgb_pngs(tmp_path: Path) -> None:
@@ -105,6 +157,14 @@ def test_grid_rule(n: int, shape: tuple[int, int]) -> None:
 
 
 def test_to_uint8_rounds_half_to_even_and_clips() -> None:
-    values = np.array([0.0, 0.5 / 255, 1.5 / 255, 0.25, 1.0, 1.5, -0.5, np.nan], np.float32)
+    values = np.array(
+        [0.0, 0.5 / 255, 1.5 / 255, 0.25, 1.0, 1.5, -0.5, np.nan, np.inf, -np.inf], np.float32
+    )
     out = imaging.to_uint8(values.reshape(1, 1, 1, -1))
-    assert out.reshape(-1).tolist() == [0, 0, 2, 64, 255, 255, 0, 0]
+    assert out.reshape(-1).tolist() == [0, 0, 2, 64, 255, 255, 0, 0, 255, 0]
+
+
+def test_the_batching_setting_reaches_the_loaded_versions(models_dir: Path) -> None:
+    for setting, expected in (("on", True), ("off", False)):
+        app = create_app({"GAN_MODELS_DIR": str(models_dir), "GAN_BATCHING": setting})
+        assert app.extensions["gan"].registry.resolve("tiny", None).batching is expected

@@ -24,8 +24,12 @@ def build_onnx(
     classes: int = 0,
     weight_seed: int = 0,
     symbolic_output: bool = False,
+    batch_dependent: bool = False,
 ) -> bytes:
     """z[n, latent] (+ embedding[labels]) -> MatMul -> Sigmoid -> Reshape to [n, C, H, W].
+
+    ``batch_dependent``: each sample's logits also get the batch's mean logits added, so a
+    sample's output depends on what else is in its batch (what batching must never allow).
 
     ``symbolic_output``: the Reshape target depends on z at run time (it adds
     ``int(max(z) > inf)``, always 0), so onnxruntime cannot infer the output's static dims and
@@ -52,10 +56,15 @@ def build_onnx(
             helper.make_node("Add", ["z", "embedded"], ["conditioned"]),
         ]
         source = "conditioned"
-    nodes += [
-        helper.make_node("MatMul", [source, "w"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["flat"]),
-    ]
+    nodes.append(helper.make_node("MatMul", [source, "w"], ["logits"]))
+    if batch_dependent:
+        nodes += [
+            helper.make_node("ReduceMean", ["logits"], ["batch_mean"], axes=[0], keepdims=1),
+            helper.make_node("Add", ["logits", "batch_mean"], ["mixed"]),
+            helper.make_node("Sigmoid", ["mixed"], ["flat"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["flat"]))
     target = "target_shape"
     if symbolic_output:
         inits.append(numpy_helper.from_array(np.array(np.inf, dtype=np.float32), "inf"))
@@ -127,9 +136,12 @@ def write_model(
     classes: list[str] | None = None,
     weight_seed: int = 0,
     symbolic_output: bool = False,
+    batch_dependent: bool = False,
 ) -> Path:
     """Write a version directory atomically (temporary directory, then rename) and return it."""
-    data = build_onnx(latent, shape, len(classes or []), weight_seed, symbolic_output)
+    data = build_onnx(
+        latent, shape, len(classes or []), weight_seed, symbolic_output, batch_dependent
+    )
     meta = metadata(name, version, data, latent, shape, classes)
     target = models_dir / name / str(version)
     staging = models_dir / name / f".{version}.tmp"
