@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import array
 import base64
+import functools
+import hashlib
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import PIL
+import PIL.features
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from serve import imaging, latent
 from serve.config import Settings
 from serve.errors import ApiError
-from serve.model import Generator
-from serve.openapi import NAME_HEADER, VERSION_HEADER
-from serve.registry import Registry
+from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
+from serve.registry import ModelVersions, Registry
 from serve.repository import ModelSpec
 from serve.schema import parse_json, parse_query, validate
 
@@ -52,19 +59,22 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 def readyz() -> Any:
-    """Readiness: 200 once at least one model is loaded."""
-    models = state().registry.models
-    if not models:
+    """Readiness: 200 once the version policy has at least one version loaded."""
+    registry = state().registry
+    if not registry.ready:
         raise ApiError(503, "not_ready", "no model is loaded")
-    return {"status": "ready", "models": list(models)}
+    return {"status": "ready", "models": registry.names()}
 
 
-def _summary(name: str, versions: dict[int, Generator]) -> dict[str, Any]:
-    spec = versions[max(versions)].spec
+def _summary(model: ModelVersions) -> dict[str, Any]:
+    spec = model.specs[model.default_version]
     return {
-        "name": name,
+        "name": model.name,
         "default_version": spec.version,
-        "versions": list(versions),
+        "versions": list(model.specs),
+        "policy_versions": model.policy_versions,
+        "loaded_versions": model.loaded_versions,
+        "version_policy": str(state().settings.version_policy),
         "latent_size": spec.latent_size,
         "conditional": spec.conditional,
         "classes": None if spec.classes is None else list(spec.classes),
@@ -74,29 +84,39 @@ def _summary(name: str, versions: dict[int, Generator]) -> dict[str, Any]:
 
 @bp.get("/models")
 def list_models() -> Any:
-    """Every model served, with its versions."""
+    """Every model served, with its versions on disk and those loaded in this worker."""
     registry = state().registry
-    models = registry.models
+    models = registry.describe()
     return {
         "default": registry.default_name if models else None,
-        "models": [_summary(name, versions) for name, versions in models.items()],
+        "version_cache": state().settings.version_cache,
+        "models": [_summary(model) for model in models.values()],
     }
 
 
 @bp.get("/models/<name>")
 def get_model(name: str) -> Any:
-    """One model: its default version's summary and every version's model.json."""
-    models = state().registry.models
+    """One model: its default version's summary and every servable version's model.json."""
+    models = state().registry.describe()
     if name not in models:
         raise ApiError(404, "unknown_model", f"unknown model {name!r}; served: {', '.join(models)}")
-    versions = models[name]
-    return _summary(name, versions) | {"metadata": [g.spec.meta for g in versions.values()]}
+    model = models[name]
+    return _summary(model) | {"metadata": [spec.meta for spec in model.specs.values()]}
 
 
 @bp.get("/openapi.json")
 def openapi() -> Any:
     """The OpenAPI document."""
     return jsonify(state().openapi)
+
+
+# What the bytes depend on besides the request and the model file: the encoding code (bump
+# the scheme when it changes) and the libraries that compute and encode the images.
+_ETAG_SCHEME = "gan-serve-etag/1"
+_RENDERERS = (
+    f"onnxruntime {onnxruntime.__version__}; numpy {np.__version__}; "
+    f"pillow {PIL.__version__}; zlib {PIL.features.version('zlib') or zlib.ZLIB_RUNTIME_VERSION}"
+)
 
 
 @bp.post("/generate")
@@ -110,7 +130,7 @@ def generate_post() -> Response:
         )
     body = parse_json(request.get_data(cache=False))
     validate(body, state().request_schema)
-    return _generate(body, body.get("format", "json"))
+    return _generate(body, body.get("format", "json"), safe=False)
 
 
 @bp.get("/generate")
@@ -119,22 +139,48 @@ def generate_get() -> Response:
     schema = state().query_schema
     query = parse_query(request.args.to_dict(flat=False), schema)
     validate(query, schema)
-    return _generate(query, "png")
+    return _generate(query, "png", safe=True)
 
 
-def _generate(req: dict[str, Any], fmt: str) -> Response:
+def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
+    """The response to a validated request; ``safe``: GET or HEAD, where a match is a 304."""
     generator = state().registry.resolve(req.get("model"), req.get("version"))
     spec = generator.spec
     seeds: list[int] | None = None
+    z: np.ndarray | None = None
     if "noise" in req:
         z = _noise(req["noise"], spec.latent_size, state().settings.max_samples)
+        n = len(z)
     else:
         seeds = req["seeds"] if "seeds" in req else _seed_range(req["seed"], req.get("n", 1))
+        n = len(seeds)
+    labels = _labels(req.get("labels"), n, spec, seeds)
+
+    # Every check that can fail has passed: the ETag names the bytes inference would give,
+    # so a matching If-None-Match is answered without running the model or encoding.
+    etag = _etag(spec, _format_key(fmt), seeds, z, labels)
+    headers = {
+        NAME_HEADER: spec.name,
+        VERSION_HEADER: str(spec.version),
+        "ETag": etag,
+        # Only a named model at a named version can never change; the default model (the
+        # first by name, or GAN_DEFAULT_MODEL) and its default version can, so revalidate.
+        "Cache-Control": IMMUTABLE if "model" in req and "version" in req else REVALIDATE,
+    }
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None and _none_match_fails(if_none_match, etag):
+        if safe:
+            return Response(status=304, headers=headers)
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"If-None-Match matches this response's ETag {etag}: the client holds these "
+            "bytes already (GET answers such a request with 304 Not Modified)",
+        )
+    if seeds is not None:
         z = latent.noise_for_seeds(seeds, spec.latent_size)
-    labels = _labels(req.get("labels"), len(z), spec, seeds)
     images = generator.generate(z, labels)
 
-    headers = {NAME_HEADER: spec.name, VERSION_HEADER: str(spec.version)}
     stem = f"{spec.name}-v{spec.version}"
     if fmt == "npy":
         headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
@@ -154,6 +200,80 @@ def _generate(req: dict[str, Any], fmt: str) -> Response:
     )
     response.headers.update(headers)
     return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _etag_base(sha256: str, name: str, version: int) -> Any:
+    """A sha256 already fed with everything one model version's ETags share (cached)."""
+    return hashlib.sha256(f"{_ETAG_SCHEME}\0{_RENDERERS}\0{sha256}\0{name}\0{version}\0".encode())
+
+
+def _format_key(fmt: str) -> str:
+    """The format, and for JSON whether Flask indents it (it does in debug mode)."""
+    if fmt == "json":
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+        compact = app.json.compact
+        if compact is False or (compact is None and app.debug):
+            return "json-indented"
+    return fmt
+
+
+def _etag(
+    spec: ModelSpec,
+    fmt: str,
+    seeds: list[int] | None,
+    z: np.ndarray | None,
+    labels: np.ndarray | None,
+) -> str:
+    """The strong ETag of the response: a hash of everything its bytes are a function of.
+
+    The model file (sha256), name and version; the format; the seeds, or the float32 noise
+    (so seeds and the noise they stand for have different ETags: the JSON differs); the
+    labels used. n, and so the grid, follows from the seeds or the noise.
+    """
+    h = _etag_base(spec.sha256, spec.name, spec.version).copy()
+    if seeds is not None:
+        h.update(f"{fmt}\0seeds {len(seeds)}\0".encode())
+        h.update(array.array("q", seeds))  # seeds are in [0, 2**63 - 1]: int64
+    else:
+        assert z is not None
+        h.update(f"{fmt}\0noise {z.shape[0]}x{z.shape[1]}\0".encode())
+        h.update(np.ascontiguousarray(z, dtype=np.float32))
+    if labels is None:
+        h.update(b"\0no labels")
+    else:
+        h.update(b"\0labels\0")
+        h.update(np.ascontiguousarray(labels, dtype=np.int64))
+    return f'"{h.hexdigest()[:32]}"'
+
+
+# RFC 9110 section 13.1.2: If-None-Match = "*" / #entity-tag, entity-tag = [ "W/" ] opaque-tag,
+# opaque-tag = DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text; a list allows empty
+# elements and optional whitespace around its commas. Linear: no two parts can match the
+# same characters, so a long malformed header cannot make the regex backtrack.
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_ENTITY_TAG_RE = re.compile(r'(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+_ENTITY_TAG_LIST_RE = re.compile(
+    rf"[ \t]*(?:{_ENTITY_TAG}[ \t]*)?(?:,[ \t]*(?:{_ENTITY_TAG}[ \t]*)?)*"
+)
+
+
+def parse_if_none_match(value: str) -> frozenset[str] | None:
+    """The opaque tags (quoted, ``W/`` dropped) of an If-None-Match value, ``{"*"}`` for ``*``.
+
+    None when the value does not follow the grammar: such a header is ignored, as if absent.
+    """
+    if value.strip(" \t") == "*":
+        return frozenset({"*"})
+    if _ENTITY_TAG_LIST_RE.fullmatch(value) is None:
+        return None
+    return frozenset(_ENTITY_TAG_RE.findall(value))
+
+
+def _none_match_fails(value: str, etag: str) -> bool:
+    """Whether If-None-Match ``value`` is false for ``etag`` (weak comparison: ``W/`` ignored)."""
+    tags = parse_if_none_match(value)
+    return tags is not None and ("*" in tags or etag in tags)
 
 
 def _seed_range(seed: int, n: int) -> list[int]:

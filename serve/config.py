@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,18 @@ VARIABLES = (
     "GAN_RELOAD_INTERVAL",
     "GAN_LOG_LEVEL",
     "GAN_DEFAULT_MODEL",
+    "GAN_VERSION_POLICY",
+    "GAN_VERSION_CACHE",
+    "GAN_ACCESS_LOG",
+    "GAN_BATCHING",
+    "GAN_KEEPALIVE",
+    "GAN_CLIENT_TIMEOUT",
 )
 # Set by the gunicorn config in workers forked to replace others (crash, timeout, HUP): they
 # skip bad versions like a reload does instead of failing to boot, which would stop gunicorn.
 REPLACEMENT_WORKER_ENV = "SERVE_REPLACEMENT_WORKER"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SWITCHES = {"on": True, "off": False}
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[0-9]+\Z")
 
@@ -35,6 +42,68 @@ log = logging.getLogger(__name__)
 
 class ConfigError(Exception):
     """A setting is malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of each model a worker keeps loaded (GAN_VERSION_POLICY), as Triton's.
+
+    ``latest:N``: the N highest versions; ``all``: every version; ``specific:V1,V2,...``:
+    those versions, where a model has them.
+    """
+
+    kind: str  # "latest", "all" or "specific"
+    count: int = 0  # latest: how many
+    versions: frozenset[int] = frozenset()  # specific: which
+
+    def __str__(self) -> str:
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(map(str, sorted(self.versions)))
+        return "all"
+
+    def candidates(self, versions: Iterable[int]) -> list[int]:
+        """The versions the policy may keep, highest first (``latest`` takes the first N
+        that load, so a broken highest version leaves the next one in its place)."""
+        ordered = sorted(versions, reverse=True)
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered
+
+    @property
+    def limit(self) -> int | None:
+        """How many versions of one model the policy keeps at most (None: no limit)."""
+        return self.count if self.kind == "latest" else None
+
+
+DEFAULT_VERSION_POLICY = VersionPolicy("latest", count=1)
+_POSITIVE_RE = re.compile(r"[1-9][0-9]*\Z")
+
+
+def parse_version_policy(raw: str) -> VersionPolicy:
+    """``latest:N`` (N >= 1; ``latest`` alone is ``latest:1``), ``all``, ``specific:V1,V2,...``."""
+    text = raw.strip()
+    kind, sep, arg = text.partition(":")
+    kind = kind.strip().lower()
+    arg = arg.strip()
+    if kind == "all" and not sep:
+        return VersionPolicy("all")
+    if kind == "latest" and not sep:
+        return DEFAULT_VERSION_POLICY
+    if kind == "latest" and _POSITIVE_RE.match(arg):
+        return VersionPolicy("latest", count=int(arg))
+    if kind == "specific" and sep:
+        items = [item.strip() for item in arg.split(",")]
+        if items and all(_POSITIVE_RE.match(item) for item in items):
+            versions = [int(item) for item in items]
+            if len(set(versions)) != len(versions):
+                raise ConfigError(f"GAN_VERSION_POLICY lists a version twice: {raw!r}")
+            return VersionPolicy("specific", versions=frozenset(versions))
+    raise ConfigError(
+        "GAN_VERSION_POLICY must be latest:N (N >= 1), all, or specific:V1,V2,... "
+        f"(positive version numbers), got {raw!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -53,6 +122,12 @@ class Settings:
     log_level: str
     default_model: str | None
     cpus: int
+    version_policy: VersionPolicy
+    version_cache: int  # versions outside the policy loaded on demand, at most, per worker
+    access_log: bool
+    batching: bool  # run a request's samples as one batch where that is proven byte-identical
+    keepalive: int  # seconds an idle connection stays open; 0 closes after each response
+    client_timeout: int  # seconds a client has to send a whole request (and to read a response)
 
 
 def default_models_dir() -> Path:
@@ -89,6 +164,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"{name} must be an integer >= {minimum}, got {raw!r}")
         return int(raw)
 
+    def switch(name: str, default: str) -> bool:
+        raw = env.get(name, default).strip().lower()
+        if raw not in SWITCHES:
+            raise ConfigError(f"{name} must be on or off, got {env.get(name)!r}")
+        return SWITCHES[raw]
+
     def text(name: str, default: str) -> str:
         raw = env.get(name, default).strip()
         if not raw:
@@ -109,6 +190,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if default_model is not None and not MODEL_NAME_RE.match(default_model):
         raise ConfigError(f"GAN_DEFAULT_MODEL is not a valid model name: {default_model!r}")
 
+    raw_policy = env.get("GAN_VERSION_POLICY")
+    policy = DEFAULT_VERSION_POLICY if raw_policy is None else parse_version_policy(raw_policy)
+
     return Settings(
         models_dir=Path(text("GAN_MODELS_DIR", str(default_models_dir()))),
         bind=text("GAN_BIND", "127.0.0.1:8000"),
@@ -122,4 +206,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         default_model=default_model,
         cpus=cpus,
+        version_policy=policy,
+        version_cache=integer("GAN_VERSION_CACHE", 2, 0),
+        access_log=switch("GAN_ACCESS_LOG", "on"),
+        batching=switch("GAN_BATCHING", "on"),
+        keepalive=integer("GAN_KEEPALIVE", 5, 0),
+        client_timeout=integer("GAN_CLIENT_TIMEOUT", 10, 1),
     )

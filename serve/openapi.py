@@ -10,6 +10,10 @@ API_VERSION = "1.0.0"
 NAME_HEADER = "X-Model-Name"
 VERSION_HEADER = "X-Model-Version"
 PID_HEADER = "X-Worker-Pid"
+# Cache-Control of a /generate response that can never change (model and version named),
+# and of one that can (the default model and version move when models are exported).
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
@@ -43,7 +47,28 @@ READY_SCHEMA: dict[str, Any] = {
 _SUMMARY_PROPERTIES: dict[str, Any] = {
     "name": _STR,
     "default_version": _INT,
-    "versions": {"type": "array", "items": _INT},
+    "versions": {
+        "type": "array",
+        "items": _INT,
+        "description": "Every servable version on disk, lowest first; any of them may be pinned.",
+    },
+    "policy_versions": {
+        "type": "array",
+        "items": _INT,
+        "description": "The versions the version policy keeps loaded in every worker.",
+    },
+    "loaded_versions": {
+        "type": "array",
+        "items": _INT,
+        "description": (
+            "The versions loaded in the worker that answered (X-Worker-Pid): the policy's "
+            "plus those in its on-demand cache. Other workers may hold other cached versions."
+        ),
+    },
+    "version_policy": {
+        "type": "string",
+        "description": "GAN_VERSION_POLICY: latest:N, all or specific:V1,V2,...",
+    },
     "latent_size": _INT,
     "conditional": {"type": "boolean"},
     "classes": {"type": ["array", "null"], "items": _STR},
@@ -57,9 +82,16 @@ MODEL_SUMMARY_SCHEMA: dict[str, Any] = {
 }
 MODEL_LIST_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["default", "models"],
+    "required": ["default", "version_cache", "models"],
     "properties": {
         "default": {"type": ["string", "null"], "description": "Model used when none is named."},
+        "version_cache": {
+            "type": "integer",
+            "description": (
+                "GAN_VERSION_CACHE: versions outside the policy each worker loads on demand "
+                "and keeps, least recently used evicted; 0: pinning one is a 404."
+            ),
+        },
         "models": {"type": "array", "items": MODEL_SUMMARY_SCHEMA},
     },
 }
@@ -70,7 +102,7 @@ MODEL_DETAIL_SCHEMA: dict[str, Any] = {
     | {
         "metadata": {
             "type": "array",
-            "description": "model.json of every version, highest last.",
+            "description": "model.json of every servable version, highest last.",
             "items": {"type": "object"},
         }
     },
@@ -117,11 +149,52 @@ def _model_headers() -> dict[str, Any]:
     }
 
 
+def _cache_headers() -> dict[str, Any]:
+    return {
+        "ETag": {
+            "description": (
+                "Strong entity tag of the response bytes: a hash of the model version (its "
+                "sha256, name and version), the seeds or the float32 noise, the labels used and "
+                "the format. The same request gives the same ETag from every worker."
+            ),
+            "schema": _STR,
+        },
+        "Cache-Control": {
+            "description": (
+                f"`{IMMUTABLE}` when the request names both `model` and `version` (that "
+                f"response can never change), else `{REVALIDATE}`: the default model or "
+                "version can change, so caches revalidate with the ETag."
+            ),
+            "schema": {"type": "string", "enum": [IMMUTABLE, REVALIDATE]},
+        },
+    }
+
+
+IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Entity tags from earlier responses (RFC 9110: a comma-separated list, W/ tags "
+        "compared weakly, * matches any). When one matches this request's ETag, GET and HEAD "
+        "answer 304 Not Modified and POST 412 Precondition Failed, both without running the "
+        "model. A value that does not follow the grammar is ignored. Checked only for a "
+        "request that is otherwise valid: an invalid one gets its error."
+    ),
+    "schema": _STR,
+}
+
 _GENERATE_ERRORS = {
     "400": _error("Malformed JSON or a field of the wrong type."),
-    "404": _error("Unknown model or version."),
+    "404": _error(
+        "unknown_model, unknown_version; version_not_loaded: a version on disk outside the "
+        "version policy, with on-demand loading off (GAN_VERSION_CACHE=0)."
+    ),
     "422": _error("Semantically invalid: limits, ranges, noise shape, labels, unknown fields."),
-    "503": _error("No model loaded."),
+    "503": _error(
+        "not_ready: no model loaded; version_unavailable: the version is on disk but fails "
+        "the service's checks when loaded."
+    ),
 }
 
 
@@ -175,6 +248,7 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                 }
             },
             "/generate": {
+                "parameters": [IF_NONE_MATCH_PARAMETER],
                 "post": {
                     "summary": "Generate images from seeds or noise",
                     "requestBody": {
@@ -191,7 +265,7 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                                 "json: base64 PNGs; png: one grid, ncol = ceil(sqrt(n)), 2 px "
                                 "padding; npy: float32 [n, C, H, W] in [0, 1]."
                             ),
-                            "headers": _model_headers(),
+                            "headers": _model_headers() | _cache_headers(),
                             "content": {
                                 "application/json": {
                                     "schema": {"$ref": "#/components/schemas/GenerateResponse"}
@@ -201,6 +275,10 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                             },
                         },
                         **_GENERATE_ERRORS,
+                        "412": _error(
+                            "precondition_failed: If-None-Match matches the ETag of the response; "
+                            "the client already holds its bytes. Nothing was generated."
+                        ),
                         "413": _error(f"Body larger than {max_body_bytes} bytes."),
                         "415": _error("Content-Type is not application/json."),
                     },
@@ -211,8 +289,15 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "One grid, ncol = ceil(sqrt(n)), 2 px padding.",
-                            "headers": _model_headers(),
+                            "headers": _model_headers() | _cache_headers(),
                             "content": {"image/png": {"schema": _PNG}},
+                        },
+                        "304": {
+                            "description": (
+                                "Not Modified: If-None-Match matches the ETag; no body, and "
+                                "nothing was generated. HEAD answers the same way."
+                            ),
+                            "headers": _model_headers() | _cache_headers(),
                         },
                         **_GENERATE_ERRORS,
                     },

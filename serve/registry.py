@@ -1,86 +1,239 @@
-"""The models one worker serves, rescanned for new versions while it runs."""
+"""The models one worker serves, rescanned for new versions while it runs.
+
+Every version on disk whose files pass ``read_spec`` is *servable*; the version policy
+(GAN_VERSION_POLICY) decides which of them are *resident*: loaded into an onnxruntime session
+at start and on every rescan. A request that pins a servable version outside the policy loads
+it on demand into a small LRU cache (GAN_VERSION_CACHE versions across all models), so memory
+is bounded by the policy plus the cache, not by the number of exports.
+
+Threads: every request thread reads ``_snapshot`` (an immutable view, replaced whole) and the
+cache dict without a lock. Rescans and on-demand loads hold ``_lock``, so only one of them runs
+at a time and no version is ever loaded twice at once; they are the only writers.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve.config import Settings
 from serve.errors import ApiError
 from serve.model import Generator, load_generator
-from serve.repository import ModelError, RepositoryError, find_versions, fingerprint, read_spec, scan
+from serve.repository import (
+    ModelError,
+    ModelSpec,
+    RepositoryError,
+    find_versions,
+    fingerprint,
+    read_spec,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 
 Models = dict[str, dict[int, Generator]]
+Specs = dict[str, dict[int, ModelSpec]]
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a worker serves at one moment; never mutated, replaced whole."""
+
+    specs: Specs  # every servable version on disk, ascending
+    resident: Models  # the policy's loaded versions; every model of ``specs`` has an entry
+    defaults: dict[str, int]  # the version a request that names none gets
+    default_name: str | None
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    """One model as this worker sees it, for ``/models``."""
+
+    name: str
+    specs: dict[int, ModelSpec]  # every servable version on disk, ascending
+    default_version: int
+    policy_versions: list[int]  # kept loaded by the version policy
+    loaded_versions: list[int]  # with a session in this worker now: the policy's and cached
 
 
 class Registry:
-    """Loaded versions by name; ``models`` is replaced whole on reload, never mutated.
+    """Servable versions by name, the policy's loaded ones, and the on-demand LRU cache.
 
     ``strict``: any bad version is a RepositoryError (the service's start). Otherwise bad
-    versions are logged and skipped, and only a repository with nothing loadable is an error.
+    versions are logged and skipped, and only a repository with nothing loaded is an error.
     """
 
     def __init__(
         self, settings: Settings, clock: Callable[[], float] = time.monotonic, strict: bool = True
     ) -> None:
         self.settings = settings
+        self.policy = settings.version_policy
         self.clock = clock  # injectable so tests can step time instead of sleeping
-        self._lock = threading.Lock()
-        self._rejected: dict[Path, tuple[int, ...]] = {}
-        models: Models = {}
+        self._lock = threading.Lock()  # one rescan or on-demand load at a time
+        self._rejected: dict[Path, tuple[int, ...]] = {}  # bad versions by fingerprint
+        # The on-demand cache: written under _lock only, read without it. Recency is a
+        # counter stamped on each use (a lock-free dict write), looked at only to evict.
+        self._cache: dict[Key, Generator] = {}
+        self._used: dict[Key, int] = {}
+        self._ticks = itertools.count(1)
+
+        found = find_versions(settings.models_dir)
         problems: list[str] = []
-        for name, versions in find_versions(settings.models_dir).items():
-            for version, path in versions.items():
-                try:
-                    models.setdefault(name, {})[version] = self._load(name, version, path)
-                except (ModelError, OSError) as e:
-                    self._reject(path)
-                    problems.append(str(e))
-                    log.error("not loading a model version: %s", e)
-        if problems and (strict or not models):
+        specs = self._read_specs(found, {}, problems)
+        resident = self._select(specs, {}, problems)
+        loaded = any(resident.values())
+        if problems and (strict or not loaded):
             raise RepositoryError(
                 f"model repository {settings.models_dir} is invalid:\n  " + "\n  ".join(problems)
             )
-        if settings.default_model is not None and settings.default_model not in models:
+        if not loaded:
+            listing = ", ".join(f"{n} {list(v)}" for n, v in specs.items())
+            raise RepositoryError(
+                f"GAN_VERSION_POLICY={self.policy} selects none of the versions in "
+                f"{settings.models_dir} ({listing})"
+            )
+        if settings.default_model is not None and settings.default_model not in specs:
             raise RepositoryError(
                 f"GAN_DEFAULT_MODEL={settings.default_model} is not in the model repository "
-                f"{settings.models_dir} (it holds: {', '.join(models)})"
+                f"{settings.models_dir} (it holds: {', '.join(specs)})"
             )
-        self.models = models
+        self._snapshot = self._make_snapshot(specs, resident)
         self._scanned_at = clock()
+
+    # --- What is served -----------------------------------------------------------------
+
+    @property
+    def models(self) -> Models:
+        """The policy's loaded versions of each model that has any."""
+        return {name: gens for name, gens in self._snapshot.resident.items() if gens}
 
     @property
     def default_name(self) -> str | None:
         """GAN_DEFAULT_MODEL if set, else the alphabetically first model."""
-        if self.settings.default_model is not None:
-            return self.settings.default_model
-        return min(self.models, default=None)
+        return self._snapshot.default_name
+
+    @property
+    def ready(self) -> bool:
+        """Whether at least one version is loaded by the policy."""
+        return any(self._snapshot.resident.values())
+
+    def names(self) -> list[str]:
+        """Every model with a servable version, by name."""
+        return list(self._snapshot.specs)
+
+    def describe(self) -> dict[str, ModelVersions]:
+        """Every model's versions: on disk, kept by the policy, loaded in this worker now."""
+        snap = self._snapshot
+        cached = self._cache.copy()
+        views = {}
+        for name, specs in snap.specs.items():
+            policy = list(snap.resident[name])
+            extra = [v for (n, v) in cached if n == name and v not in snap.resident[name]]
+            views[name] = ModelVersions(
+                name=name,
+                specs=specs,
+                default_version=snap.defaults[name],
+                policy_versions=policy,
+                loaded_versions=sorted(policy + extra),
+            )
+        return views
 
     def resolve(self, name: str | None, version: int | None) -> Generator:
-        """The generator asked for: the default model and its highest version unless named."""
-        models = self.models
-        if not models:
-            raise ApiError(503, "not_ready", "no model is loaded")
-        name = self.default_name if name is None else name
-        if name not in models:
-            raise ApiError(
-                404, "unknown_model", f"unknown model {name!r}; served: {', '.join(models)}"
-            )
-        versions = models[name]
-        if version is None:
-            return versions[max(versions)]
-        if version not in versions:
+        """The generator asked for: the default model and its default version unless named."""
+        # The hot path: a loaded version of the policy is two or three dict lookups, no lock.
+        snap = self._snapshot
+        if name is None:
+            name = snap.default_name
+        versions = snap.resident.get(name)
+        if versions is not None:
+            if version is None:
+                version = snap.defaults[name]
+            generator = versions.get(version)
+            if generator is not None:
+                return generator
+        return self._resolve_other(snap, name, version)
+
+    def _resolve_other(self, snap: _Snapshot, name: str | None, version: int | None) -> Generator:
+        """A version outside the policy (from the cache or loaded now), or the right error."""
+        spec = self._servable(snap, name, version)
+        key = (spec.name, spec.version)
+        generator = self._cache.get(key)
+        if generator is not None:
+            self._used[key] = next(self._ticks)
+            return generator
+        if self.settings.version_cache == 0:
+            loaded = list(snap.resident[spec.name]) or "none"
             raise ApiError(
                 404,
-                "unknown_version",
-                f"model {name!r} has no version {version}; versions: {list(versions)}",
+                "version_not_loaded",
+                f"model {spec.name!r} version {spec.version} exists on disk but is not loaded "
+                f"by the version policy {self.policy} (loaded: {loaded}), and loading "
+                "versions on demand is off",
             )
-        return versions[version]
+        return self._load_on_demand(spec)
+
+    def _servable(self, snap: _Snapshot, name: str | None, version: int | None) -> ModelSpec:
+        """The spec of a servable version, or the 404 / 503 that says why there is none."""
+        if not snap.specs:
+            raise ApiError(503, "not_ready", "no model is loaded")
+        specs = snap.specs.get(name)
+        if specs is None:
+            raise ApiError(
+                404, "unknown_model", f"unknown model {name!r}; served: {', '.join(snap.specs)}"
+            )
+        assert name is not None
+        if version is None:
+            version = snap.defaults[name]
+        spec = specs.get(version)
+        if spec is not None:
+            return spec
+        if self.settings.models_dir / name / str(version) in self._rejected:
+            raise _unavailable(name, version, list(specs))
+        raise ApiError(
+            404,
+            "unknown_version",
+            f"model {name!r} has no version {version}; versions: {list(specs)}",
+        )
+
+    def _load_on_demand(self, spec: ModelSpec) -> Generator:
+        """Load a servable version outside the policy into the LRU cache (one load at a time)."""
+        key = (spec.name, spec.version)
+        with self._lock:
+            # A rescan or another thread may have loaded (or dropped) it while this one waited.
+            snap = self._snapshot
+            generator = snap.resident.get(spec.name, {}).get(spec.version) or self._cache.get(key)
+            if generator is not None:
+                return generator
+            spec = self._servable(snap, spec.name, spec.version)
+            try:
+                generator = self._load(spec)
+            except (ModelError, OSError) as e:
+                log.error("cannot load a model version on demand: %s", e)
+                self._reject(spec.path)
+                specs = {n: dict(v) for n, v in snap.specs.items()}
+                del specs[spec.name][spec.version]
+                if not specs[spec.name]:
+                    del specs[spec.name]
+                self._snapshot = self._make_snapshot(specs, snap.resident)
+                servable = list(specs.get(spec.name, {}))
+                raise _unavailable(spec.name, spec.version, servable) from None
+            self._cache_put(key, generator)
+            log.info(
+                "model %s version %d is outside the version policy: cached on demand "
+                "(cache: %s)",
+                spec.name,
+                spec.version,
+                ", ".join(f"{n}/{v}" for n, v in self._cache),
+            )
+            return generator
+
+    # --- Rescans ------------------------------------------------------------------------
 
     def maybe_reload(self) -> None:
         """Rescan once GAN_RELOAD_INTERVAL seconds have passed since the last scan."""
@@ -88,41 +241,137 @@ class Registry:
         if interval == 0 or self.clock() - self._scanned_at < interval:
             return
         # One rescan at a time is enough; other threads keep serving the current models.
+        # Busy with an on-demand load: the next request rescans instead.
         if self._lock.acquire(blocking=False):
             try:
-                self.reload()
+                self._reload()
             finally:
                 self._lock.release()
 
     def reload(self) -> None:
-        """Load new versions and drop removed ones; a bad new version is logged and skipped."""
+        """Apply the policy to the versions on disk now: load the versions that join it, move
+        those that leave it to the cache, drop removed ones. Bad new versions are skipped."""
+        with self._lock:
+            self._reload()
+
+    def _reload(self) -> None:
         self._scanned_at = self.clock()
         try:
             found = scan(self.settings.models_dir)
         except RepositoryError as e:
             log.error("reload skipped, keeping the loaded models: %s", e)
             return
-        current = self.models
-        updated: Models = {}
-        for name, versions in found.items():
-            for version, path in versions.items():
-                generator = current.get(name, {}).get(version) or self._load_new(
-                    name, version, path
-                )
-                if generator is not None:
-                    updated.setdefault(name, {})[version] = generator
-        for name, versions in current.items():
-            for version in versions.keys() - updated.get(name, {}).keys():
+        current = self._snapshot
+        specs = self._read_specs(found, current.specs, None)
+        resident = self._select(specs, current.resident, None)
+        for name, versions in current.resident.items():
+            for version, generator in versions.items():
+                if version in resident.get(name, {}):
+                    continue
+                if version not in specs.get(name, {}):
+                    log.warning("unloaded model %s version %d: its directory is gone", name, version)
+                elif self.settings.version_cache:
+                    self._cache_put((name, version), generator)  # before the switch: no gap
+                    log.info("model %s version %d left the version policy: cached", name, version)
+                else:
+                    log.info("unloaded model %s version %d: not in the version policy", name, version)
+        self._snapshot = self._make_snapshot(specs, resident)
+        for name, version in list(self._cache):
+            if version in resident.get(name, {}):
+                self._cache_drop((name, version))  # back in the policy's set
+            elif version not in specs.get(name, {}):
+                self._cache_drop((name, version))
                 log.warning("unloaded model %s version %d: its directory is gone", name, version)
-        self.models = updated
         # Forget rejections of directories that are gone, so the memo stays bounded.
         paths = {path for versions in found.values() for path in versions.values()}
         self._rejected = {p: m for p, m in self._rejected.items() if p in paths}
 
-    def _load(self, name: str, version: int, path: Path) -> Generator:
-        generator = load_generator(read_spec(path, name, version), self.settings.threads)
-        log.info("loaded model %s version %d", name, version)
+    def _read_specs(
+        self, found: dict[str, dict[int, Path]], known: Specs, problems: list[str] | None
+    ) -> Specs:
+        """The servable versions of ``found``: known ones kept, new ones checked by read_spec.
+
+        ``problems`` collects the errors at start; on a rescan (None) they are only logged.
+        """
+        specs: Specs = {}
+        for name, versions in found.items():
+            for version, path in versions.items():
+                spec = known.get(name, {}).get(version)
+                if spec is None:
+                    spec = self._read_new(name, version, path, problems)
+                if spec is not None:
+                    specs.setdefault(name, {})[version] = spec
+        return specs
+
+    def _read_new(
+        self, name: str, version: int, path: Path, problems: list[str] | None
+    ) -> ModelSpec | None:
+        try:
+            if self._rejected.get(path) == fingerprint(path):
+                return None  # unchanged since it was refused: not retried
+            return read_spec(path, name, version)
+        except (ModelError, OSError) as e:
+            self._refuse(path, e, problems)
+            return None
+
+    def _select(self, specs: Specs, current: Models, problems: list[str] | None) -> Models:
+        """The policy's versions of each model, loaded (or reused from ``current`` and the
+        cache). A version that fails to load is refused and removed from ``specs``; under
+        ``latest:N`` the next lower version takes its place."""
+        resident: Models = {}
+        limit = self.policy.limit
+        for name in list(specs):
+            versions = specs[name]
+            kept: dict[int, Generator] = {}
+            for version in self.policy.candidates(versions):
+                if limit is not None and len(kept) == limit:
+                    break
+                generator = current.get(name, {}).get(version) or self._cache.get((name, version))
+                if generator is None:
+                    try:
+                        generator = self._load(versions[version])
+                    except (ModelError, OSError) as e:
+                        self._refuse(versions[version].path, e, problems)
+                        del versions[version]
+                        continue
+                kept[version] = generator
+            if versions:
+                resident[name] = dict(sorted(kept.items()))
+            else:
+                del specs[name]
+        return resident
+
+    def _make_snapshot(self, specs: Specs, resident: Models) -> _Snapshot:
+        defaults = {
+            # The highest version the policy keeps; a model it keeps none of (specific:...)
+            # defaults to its highest version on disk, served through the cache.
+            name: max(resident.get(name) or versions)
+            for name, versions in specs.items()
+        }
+        default_name = self.settings.default_model
+        if default_name is None:
+            default_name = min(specs, default=None)
+        return _Snapshot(
+            specs=specs,
+            resident={name: resident.get(name, {}) for name in specs},
+            defaults=defaults,
+            default_name=default_name,
+        )
+
+    # --- Loading, refusing, caching -----------------------------------------------------
+
+    def _load(self, spec: ModelSpec) -> Generator:
+        generator = load_generator(spec, self.settings.threads, self.settings.batching)
+        log.info("loaded model %s version %d", spec.name, spec.version)
         return generator
+
+    def _refuse(self, path: Path, error: Exception, problems: list[str] | None) -> None:
+        self._reject(path)
+        if problems is None:
+            log.error("not loading a new model version, keeping the others: %s", error)
+        else:
+            problems.append(str(error))
+            log.error("not loading a model version: %s", error)
 
     def _reject(self, path: Path) -> None:
         """Remember a bad version so it is retried only once its files change."""
@@ -131,13 +380,27 @@ class Registry:
         except OSError:
             pass  # already gone: nothing to remember
 
-    def _load_new(self, name: str, version: int, path: Path) -> Generator | None:
-        """Load a version seen for the first time (or changed since it was rejected)."""
-        try:
-            if self._rejected.get(path) == fingerprint(path):
-                return None
-            return self._load(name, version, path)
-        except (ModelError, OSError) as e:
-            self._reject(path)
-            log.error("not loading a new model version, keeping the others: %s", e)
-            return None
+    def _cache_put(self, key: Key, generator: Generator) -> None:
+        """Add to the cache as the most recently used, evicting the least recently used."""
+        self._cache[key] = generator
+        self._used[key] = next(self._ticks)
+        while len(self._cache) > self.settings.version_cache:
+            victim = min(self._cache, key=lambda k: self._used.get(k, 0))
+            self._cache_drop(victim)
+            log.info("evicted model %s version %d from the on-demand cache", *victim)
+        for stale in self._used.keys() - self._cache.keys():  # stamped just as it was dropped
+            self._used.pop(stale, None)
+
+    def _cache_drop(self, key: Key) -> None:
+        self._cache.pop(key, None)
+        self._used.pop(key, None)
+
+
+def _unavailable(name: str, version: int, servable: list[int]) -> ApiError:
+    """A version on disk that this worker refused: the client asked for nothing wrong."""
+    return ApiError(
+        503,
+        "version_unavailable",
+        f"model {name!r} version {version} exists on disk but fails the service's checks, so "
+        f"it cannot be served (the service log says why); servable versions: {servable}",
+    )

@@ -52,7 +52,7 @@ def _common(max_samples: int) -> dict[str, dict[str, Any]]:
         "version": {
             "type": "integer",
             "minimum": 1,
-            "description": "Model version; default: the highest.",
+            "description": "Model version; default: the highest the version policy loads.",
         },
         "seed": _seed() | {"description": "First seed: the request asks for seed .. seed+n-1."},
         "n": {

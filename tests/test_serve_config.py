@@ -27,6 +27,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.reload_interval == 5
     assert settings.log_level == "info"
     assert settings.default_model is None
+    assert str(settings.version_policy) == "latest:1"
+    assert settings.version_cache == 2
+    assert (settings.access_log, settings.batching) == (True, True)
+    assert (settings.keepalive, settings.client_timeout) == (5, 10)
 
 
 def test_values_are_read(tmp_path: Path) -> None:
@@ -42,6 +46,12 @@ def test_values_are_read(tmp_path: Path) -> None:
             "GAN_RELOAD_INTERVAL": "0",
             "GAN_LOG_LEVEL": "DEBUG",
             "GAN_DEFAULT_MODEL": "mnist-dcgan",
+            "GAN_VERSION_POLICY": "specific:4,2",
+            "GAN_VERSION_CACHE": "0",
+            "GAN_ACCESS_LOG": "off",
+            "GAN_BATCHING": "OFF",
+            "GAN_KEEPALIVE": "0",
+            "GAN_CLIENT_TIMEOUT": "3",
         }
     )
     assert settings.models_dir == tmp_path
@@ -51,6 +61,10 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert (settings.timeout, settings.graceful_timeout, settings.reload_interval) == (10, 0, 0)
     assert settings.log_level == "debug"
     assert settings.default_model == "mnist-dcgan"
+    assert str(settings.version_policy) == "specific:2,4"
+    assert settings.version_cache == 0
+    assert (settings.access_log, settings.batching) == (False, False)
+    assert (settings.keepalive, settings.client_timeout) == (0, 3)
 
 
 def test_default_workers_fill_the_cpus_with_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,6 +110,11 @@ def test_more_threads_than_cpus_is_an_error(
         ("GAN_DEFAULT_MODEL", "My Model"),
         ("GAN_MODELS_DIR", " "),
         ("GAN_BIND", ""),
+        ("GAN_VERSION_POLICY", "newest"),
+        ("GAN_VERSION_POLICY", "latest:0"),
+        ("GAN_VERSION_POLICY", "specific:"),
+        ("GAN_VERSION_CACHE", "-1"),
+        ("GAN_VERSION_CACHE", "two"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
@@ -128,3 +147,17 @@ def test_every_variable_is_documented() -> None:
     text = DOCS.read_text()
     missing = [name for name in VARIABLES if f"`{name}`" not in text]
     assert not missing, f"docs/serving.md does not document {missing}"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"GAN_ACCESS_LOG": "yes"}, "GAN_ACCESS_LOG must be on or off, got 'yes'"),
+        ({"GAN_BATCHING": ""}, "GAN_BATCHING must be on or off"),
+        ({"GAN_KEEPALIVE": "-1"}, "GAN_KEEPALIVE must be an integer >= 0"),
+        ({"GAN_CLIENT_TIMEOUT": "0"}, "GAN_CLIENT_TIMEOUT must be an integer >= 1"),
+    ],
+)
+def test_bad_connection_and_inference_settings(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env)

@@ -80,6 +80,15 @@ def test_errors(
     assert response.json()["error"]["code"] == code
 
 
+def test_pinned_version_outside_the_policy_is_served(server: Server) -> None:
+    # The default policy, latest:1, loads tiny 2 only; version 1 is loaded on demand.
+    tiny = requests.get(f"{server.url}/models/tiny", timeout=30).json()
+    assert (tiny["versions"], tiny["policy_versions"]) == ([1, 2], [2])
+    response = post(server, {"seeds": [7], "version": 1})
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == "1"
+
+
 def collect_by_worker(server: Server, body: dict) -> dict[str, set[bytes]]:
     """PNG bytes per worker pid, one new connection per request, until two workers answered."""
     seen: dict[str, set[bytes]] = {}
@@ -173,6 +182,7 @@ def test_missing_repository_stops_gunicorn(
     [
         ({"GAN_WORKERS": "many"}, "GAN_WORKERS must be an integer"),
         ({"GAN_WORKERS": str(len(os.sched_getaffinity(0)) + 1)}, "exceeds the"),
+        ({"GAN_VERSION_POLICY": "latest:0"}, "GAN_VERSION_POLICY must be latest:N"),
     ],
 )
 def test_bad_settings_stop_gunicorn(
