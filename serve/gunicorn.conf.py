@@ -4,6 +4,7 @@ Every value comes from a ``GAN_`` variable (see docs/serving.md); options given 
 command line, such as ``--bind``, override this file.
 """
 
+import gc
 import os
 import sys
 
@@ -19,14 +20,18 @@ except ConfigError as _error:
 
 # --- Application -------------------------------------------------------------------------
 # The factory runs in each worker after fork, so each worker builds its own onnxruntime
-# sessions; preloading would create them in the master, where their thread pools cannot fork.
+# sessions; preloading the app would create them in the master, where thread pools cannot fork.
 wsgi_app = "serve.app:create_app()"
 preload_app = False
 
 # --- Server socket and processes ---------------------------------------------------------
 bind = [_settings.bind]
 workers = _settings.workers
-worker_class = "sync"  # inference is CPU-bound: one request at a time per worker
+# Inference is CPU-bound: one request at a time per worker, but connections are multiplexed
+# and each request is buffered whole first, so slow clients never hold a worker.
+worker_class = "serve.worker.EventWorker"
+worker_connections = 1000  # open connections per worker, idle keep-alive ones included
+keepalive = _settings.keepalive
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which
@@ -34,7 +39,7 @@ graceful_timeout = _settings.graceful_timeout
 control_socket_disable = True
 
 # --- Logging: access and error logs to stdout and stderr, as containers expect ------------
-accesslog = "-"
+accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 loglevel = _settings.log_level
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'
@@ -53,6 +58,23 @@ def on_starting(server):
         sys.exit(1)
     served = ", ".join(f"{s.name}/{s.version}" for s in specs)
     server.log.info("model repository %s: %s", _settings.models_dir, served)
+    share_with_workers()
+
+
+def share_with_workers():
+    """Import what every worker needs once, in the master, so forked workers share its pages."""
+    # Flask, Werkzeug, Pillow and numpy are the same in every worker; imported here, their
+    # code and objects are shared copy-on-write, and gc.freeze() keeps the collector from
+    # writing to (and so copying) those objects' pages in each worker. onnxruntime is left to
+    # the workers: importing it starts a thread, and a child forked beside that thread hangs
+    # in onnxruntime's exit handlers.
+    import flask  # noqa: F401
+    import PIL.PngImagePlugin  # noqa: F401
+
+    import serve.imaging  # noqa: F401
+    import serve.openapi  # noqa: F401
+
+    gc.freeze()
 
 
 def post_fork(server, worker):
