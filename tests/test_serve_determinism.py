@@ -148,6 +148,34 @@ def test_png_has_no_metadata() -> None:
     assert set(png_chunks(data)) == {"IHDR", "IDAT", "IEND"}
 
 
+def pillow_png(tile: np.ndarray) -> bytes:
+    """What Pillow's own PNG writer makes of a tile: the bytes png_bytes must reproduce."""
+    buffer = io.BytesIO()
+    Image.fromarray(tile[:, :, 0] if tile.shape[2] == 1 else tile).save(
+        buffer, format="PNG", compress_level=6
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "channels"),
+    [(28, 28, 1), (242, 242, 1), (1, 1, 1), (7, 5, 3), (242, 242, 3), (400, 400, 3), (3, 20000, 3)],
+)
+def test_png_bytes_are_pillows(height: int, width: int, channels: int) -> None:
+    # Random pixels defeat compression, so the large cases span several IDAT chunks (the
+    # last one is wider than 16384 pixels, where Pillow's chunks grow beyond 65536 bytes).
+    rng = np.random.default_rng(height * width + channels)
+    for tile in (
+        rng.integers(0, 256, (height, width, channels), dtype=np.uint8),
+        (rng.integers(0, 4, (height, width, channels)) * 85).astype(np.uint8),
+        np.zeros((height, width, channels), dtype=np.uint8),
+    ):
+        assert imaging.png_bytes(tile) == pillow_png(tile)
+    big = imaging.png_bytes(rng.integers(0, 256, (height, width, channels), dtype=np.uint8))
+    if height * width * channels > 200_000:
+        assert png_chunks(big).count("IDAT") > 1
+
+
 @pytest.mark.parametrize(
     ("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (3, (2, 2)), (4, (2, 2)), (5, (2, 3)), (10, (3, 4)),
                      (64, (8, 8))]
