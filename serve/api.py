@@ -293,8 +293,11 @@ def _noise(rows: list[list[float]], size: int, max_samples: int) -> np.ndarray:
             "invalid_noise_shape",
             f"noise must have shape [n, {size}] with 1 <= n <= {max_samples}, got {got}",
         )
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected just below
-        z = np.asarray(rows, dtype=np.float32)
+    try:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, rejected below
+            z = np.asarray(rows, dtype=np.float32)
+    except OverflowError:  # an integer beyond even float64: JSON allows any number of digits
+        z = np.array([np.inf], dtype=np.float32)
     if not np.isfinite(z).all():
         raise ApiError(
             422,

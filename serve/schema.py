@@ -196,6 +196,9 @@ def validate(instance: Any, schema: dict[str, Any], path: str = "") -> None:
         _validate_one_of(instance, schema, path)
 
 
+_PLAIN_ITEMS = {"number": (int, float), "integer": (int,)}
+
+
 def _validate_array(instance: list[Any], schema: dict[str, Any], path: str) -> None:
     count = len(instance)
     if count < schema.get("minItems", 0):
@@ -204,9 +207,16 @@ def _validate_array(instance: list[Any], schema: dict[str, Any], path: str) -> N
     if "maxItems" in schema and count > schema["maxItems"]:
         _fail(schema, "maxItems", "too_many_items",
               f"{_where(path)} must have at most {schema['maxItems']} items, got {count}")
-    if "items" in schema:
-        for i, item in enumerate(instance):
-            validate(item, schema["items"], f"{path}[{i}]")
+    items = schema.get("items")
+    if items is None:
+        return
+    # Fast path for arrays of plain numbers (a 64 x 100 noise body is 6,400 of them): one
+    # pass over exact types; JSON gives int and float, never their subclasses but bool.
+    plain = _PLAIN_ITEMS.get(items["type"]) if items.keys() == {"type"} else None
+    if plain is not None and all(type(item) in plain for item in instance):
+        return
+    for i, item in enumerate(instance):
+        validate(item, items, f"{path}[{i}]")
 
 
 def _validate_object(instance: dict[str, Any], schema: dict[str, Any], path: str) -> None:

@@ -288,6 +288,11 @@ POST_ERRORS = [
     ('{"noise": [[NaN, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
     ('{"noise": [[Infinity, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
     ('{"noise": [[1e39, 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
+    # An integer literal beyond even float64 once raised OverflowError: a 500.
+    ('{"noise": [[1' + "0" * 400 + ', 0, 0, 0, 0, 0, 0, 0]]}', 422, "non_finite_noise", "finite"),
+    # Deep in a long row of plain numbers (the validator's fast path falls back to find it).
+    ('{"noise": [' + ", ".join(["[0, 0, 0, 0, 0, 0, 0, 0]"] * 15) + ', [0, 0, 0, 0, 0, 0, false, 0]]}',
+     400, "invalid_type", "noise[15][6] must be a number, got boolean"),
     ('{"model": "cond", "noise": [[0, 0, 0, 0, 0, 0, 0, 0]]}', 422, "labels_required", "give `labels`"),
     ('{"model": "cond", "seed": 1, "labels": 3}', 422, "label_out_of_range", "[0, 3)"),
     ('{"model": "cond", "seed": 1, "labels": -1}', 422, "label_out_of_range", ">= 0"),
