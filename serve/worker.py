@@ -38,6 +38,7 @@ from serve.config import load_settings
 from serve.errors import error_body
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+DRAIN_SECONDS = 1.0  # how long idle connections stay open once the worker stops accepting
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
             414: "URI Too Long", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented"}
@@ -189,7 +190,7 @@ class EventWorker(base.Worker):
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
         self.accepting = True
         notified = 0.0
-        while self.alive or any(not c.idle or c.out for c in self.connections.values()):
+        while self.alive or self.connections:
             now = time.monotonic()
             if now - notified >= 1.0:  # the heartbeat is a syscall: once a second, not per request
                 self.notify()
@@ -200,7 +201,8 @@ class EventWorker(base.Worker):
             if not self.alive and self.accepting:
                 self._stop_accepting()
             try:
-                events = self.selector.select(timeout=1.0)
+                # Stopping: wake often enough to close drained connections on time.
+                events = self.selector.select(timeout=1.0 if self.alive else 0.1)
             except InterruptedError:
                 continue
             for key, mask in events:
@@ -221,12 +223,17 @@ class EventWorker(base.Worker):
 
     # --- Connections ---------------------------------------------------------------------
     def _stop_accepting(self) -> None:
+        """Stop taking connections; let each open one finish (graceful shutdown, HUP)."""
         for listener in self.sockets:
             self.selector.unregister(listener)
         self.accepting = False
-        for connection in list(self.connections.values()):
-            if connection.idle and not connection.out:
-                self._close(connection)
+        # An idle keep-alive connection may already carry the client's next request, unread
+        # or on its way: closing it now would drop that request. Each gets a short drain in
+        # which a request that arrives is still served (with Connection: close).
+        drained = time.monotonic() + DRAIN_SECONDS
+        for connection in self.connections.values():
+            if connection.idle:
+                connection.deadline = min(connection.deadline, drained)
 
     def _accept(self, listener: socket.socket) -> None:
         if len(self.connections) >= self.max_connections:
@@ -306,13 +313,16 @@ class EventWorker(base.Worker):
             if not connection.open:
                 return
             connection.continued = False
-            if not keep or not self.alive:
-                connection.closing = True
+            # Close only when the response said so: a client told keep-alive may already be
+            # sending its next request (a stopping worker answers that one with close).
+            connection.closing = not keep
+            now = time.monotonic()
             if connection.buffer:
-                connection.deadline = time.monotonic() + self.client_timeout
+                connection.deadline = now + self.client_timeout
             else:
                 connection.idle = True
-                connection.deadline = time.monotonic() + self.keepalive
+                linger = self.keepalive if self.alive else min(self.keepalive, DRAIN_SECONDS)
+                connection.deadline = now + linger
             if connection.closing and not connection.out:
                 self._close(connection)
                 return
@@ -380,7 +390,7 @@ class EventWorker(base.Worker):
         output = _Output(connection.sock)
         response, environ = wsgi.create(request, output, connection.addr, connection.listener,
                                         self.cfg)
-        if self.keepalive == 0:
+        if self.keepalive == 0 or not self.alive:
             response.force_close()
         self.nr += 1
         if self.nr >= self.max_requests:

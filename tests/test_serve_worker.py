@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import Server, start_gunicorn
-from tiny_models import write_repository
+from tiny_models import write_model, write_repository
 
 from serve.worker import ClientError, frame
 
@@ -255,3 +256,64 @@ def test_access_log_setting(tmp_path: Path, setting: str, logged: bool) -> None:
     finally:
         log = server.stop()
     assert ('"GET /healthz?probe=access HTTP/1.1" 200' in log) is logged
+
+
+def test_sighup_serves_a_new_version_in_every_worker_without_dropping_a_request(
+    tmp_path: Path,
+) -> None:
+    repo = write_repository(tmp_path / "models")
+    # No timed rescan: only the signal can bring version 3 in.
+    server = start_gunicorn(tmp_path, GAN_MODELS_DIR=str(repo), GAN_WORKERS="2",
+                            GAN_DEFAULT_MODEL="tiny", GAN_RELOAD_INTERVAL="0")
+    failures: list[str] = []
+    served: list[tuple[str, int]] = []  # (version, worker pid) of every answer
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:  # keep-alive connections, as real clients use
+            seed = 0
+            while not stop.is_set():
+                seed += 1
+                try:
+                    response = session.get(f"{server.url}/generate?seed={seed}", timeout=30)
+                except requests.RequestException as e:
+                    failures.append(repr(e))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+                else:
+                    served.append((response.headers["X-Model-Version"],
+                                   int(response.headers["X-Worker-Pid"])))
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for thread in clients:
+            thread.start()
+        time.sleep(0.5)
+        write_model(repo, "tiny", 3, weight_seed=7)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30  # a bound for the new workers to boot
+        while time.monotonic() < deadline:
+            recent = served[-40:]
+            if len(recent) == 40 and {version for version, _ in recent} == {"3"}:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        stop.set()
+        for thread in clients:
+            thread.join()
+        # Every worker now serves version 3 (new connections reach both of them).
+        versions: dict[int, set[str]] = {}
+        for seed in range(400):  # attempts before concluding that one worker takes them all
+            response = requests.get(f"{server.url}/generate?seed={seed}", timeout=30)
+            versions.setdefault(int(response.headers["X-Worker-Pid"]), set()).add(
+                response.headers["X-Model-Version"]
+            )
+            if len(versions) == 2:
+                break
+    finally:
+        stop.set()
+        server.stop()
+    assert not failures, failures[:5]
+    assert {version for version, _ in served[-40:]} == {"3"}
+    assert list(versions.values()) == [{"3"}, {"3"}]
