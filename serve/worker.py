@@ -186,9 +186,10 @@ class EventWorker(base.Worker):
         self.selector = selectors.DefaultSelector()
         for listener in self.sockets:
             listener.setblocking(False)
-            self.selector.register(listener, selectors.EVENT_READ, None)
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
-        self.accepting = True
+        self.listening = False
+        self.stopping = False
+        self._listen(True)
         notified = 0.0
         while self.alive or self.connections:
             now = time.monotonic()
@@ -198,7 +199,7 @@ class EventWorker(base.Worker):
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
-            if not self.alive and self.accepting:
+            if not self.alive and not self.stopping:
                 self._stop_accepting()
             try:
                 # Stopping: wake often enough to close drained connections on time.
@@ -222,11 +223,21 @@ class EventWorker(base.Worker):
             self._close(connection)
 
     # --- Connections ---------------------------------------------------------------------
+    def _listen(self, on: bool) -> None:
+        """Watch the listeners for new connections, or stop watching them."""
+        if on == self.listening:
+            return
+        for listener in self.sockets:
+            if on:
+                self.selector.register(listener, selectors.EVENT_READ, None)
+            else:
+                self.selector.unregister(listener)
+        self.listening = on
+
     def _stop_accepting(self) -> None:
         """Stop taking connections; let each open one finish (graceful shutdown, HUP)."""
-        for listener in self.sockets:
-            self.selector.unregister(listener)
-        self.accepting = False
+        self.stopping = True
+        self._listen(False)
         # An idle keep-alive connection may already carry the client's next request, unread
         # or on its way: closing it now would drop that request. Each gets a short drain in
         # which a request that arrives is still served (with Connection: close).
@@ -236,8 +247,6 @@ class EventWorker(base.Worker):
                 connection.deadline = min(connection.deadline, drained)
 
     def _accept(self, listener: socket.socket) -> None:
-        if len(self.connections) >= self.max_connections:
-            return
         try:
             sock, addr = listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -252,6 +261,8 @@ class EventWorker(base.Worker):
         )
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, connection)
+        if len(self.connections) >= self.max_connections:
+            self._listen(False)  # full: new connections wait in the backlog (or for another worker)
 
     def _close(self, connection: Connection) -> None:
         if not connection.open:
@@ -266,6 +277,8 @@ class EventWorker(base.Worker):
             connection.sock.close()
         except OSError:
             pass
+        if not self.stopping and len(self.connections) < self.max_connections:
+            self._listen(True)
 
     def _expire(self) -> None:
         now = time.monotonic()

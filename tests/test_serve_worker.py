@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import threading
@@ -317,3 +318,35 @@ def test_sighup_serves_a_new_version_in_every_worker_without_dropping_a_request(
     assert not failures, failures[:5]
     assert {version for version, _ in served[-40:]} == {"3"}
     assert list(versions.values()) == [{"3"}, {"3"}]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_full_worker_stops_accepting_without_spinning(tmp_path: Path) -> None:
+    repo = write_repository(tmp_path / "models")
+    server = start_gunicorn(tmp_path, GAN_MODELS_DIR=str(repo), GAN_WORKERS="1",
+                            GUNICORN_CMD_ARGS="--worker-connections 2")
+    try:
+        worker = int(requests.get(f"{server.url}/healthz", timeout=30).json()["pid"])
+        held = [socket.create_connection(address(server), timeout=30) for _ in range(2)]
+        time.sleep(0.2)  # both accepted: the worker is full
+        waiting = socket.create_connection(address(server), timeout=30)  # in the backlog
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        before = cpu_seconds(worker)
+        time.sleep(1.0)
+        # Polling a listener it cannot accept from would burn the whole second.
+        assert cpu_seconds(worker) - before < 0.5
+        waiting.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            waiting.recv(1)  # not served while the worker is full
+        held[0].close()  # a slot frees: the waiting client is accepted and answered
+        waiting.settimeout(30)
+        assert waiting.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        waiting.close()
+        held[1].close()
+    finally:
+        server.stop()
