@@ -6,6 +6,7 @@ import base64
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,3 +202,37 @@ def test_noise_from_numpy_matches_the_server(server: Server) -> None:
     z = np.random.Generator(np.random.PCG64(2**63 - 1)).standard_normal(LATENT, dtype=np.float32)
     by_seed = post(server, {"seeds": [2**63 - 1]}).json()["images"]
     assert post(server, {"noise": [z.tolist()]}).json()["images"] == by_seed
+
+
+def test_batched_requests_give_each_seed_its_own_bytes_under_load(server: Server) -> None:
+    # Requests of 1, 5, 16 and 35 samples (batches of 16 and a remainder) from four clients at
+    # once, on both workers and both models: every seed's PNG equals the one it gets alone.
+    seeds = list(range(500, 535))
+    alone = {
+        (model, s): post(server, {"model": model, "seeds": [s]}).json()["images"][0]
+        for model in ("tiny", "cond")
+        for s in seeds
+    }
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        for start in range(0, len(seeds), n):
+            chunk = seeds[start : start + n]
+            for model in ("tiny", "cond"):
+                response = post(server, {"model": model, "seeds": chunk})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                    continue
+                images = response.json()["images"]
+                failures.extend(
+                    f"{model} seed {s} in a request of {n}"
+                    for s, png in zip(chunk, images, strict=True)
+                    if png != alone[model, s]
+                )
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in (1, 5, 16, 35)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
