@@ -190,7 +190,7 @@ class EventWorker(base.Worker):
         self.listening = False
         self.stopping = False
         self._listen(True)
-        notified = 0.0
+        notified = expiry_due = 0.0
         while self.alive or self.connections:
             now = time.monotonic()
             if now - notified >= 1.0:  # the heartbeat is a syscall: once a second, not per request
@@ -218,7 +218,9 @@ class EventWorker(base.Worker):
                     self._writable(key.data)
                 else:
                     self._receive(key.data)
-            self._expire()
+            if time.monotonic() >= expiry_due:  # a pass over every connection: not per request
+                self._expire()
+                expiry_due = time.monotonic() + 0.1
         for connection in list(self.connections.values()):
             self._close(connection)
 
