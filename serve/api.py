@@ -10,6 +10,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,10 @@ import PIL
 import PIL.features
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from serve import imaging, latent
+from serve import imaging, latent, metrics
 from serve.config import Settings
 from serve.errors import ApiError
+from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
 from serve.registry import ModelVersions, Registry
 from serve.repository import ModelSpec
@@ -146,6 +148,9 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
     """The response to a validated request; ``safe``: GET or HEAD, where a match is a 304."""
     generator = state().registry.resolve(req.get("model"), req.get("version"))
     spec = generator.spec
+    environ = request.environ  # for the access log
+    environ[ENV_MODEL] = spec.name
+    environ[ENV_VERSION] = spec.version
     seeds: list[int] | None = None
     z: np.ndarray | None = None
     if "noise" in req:
@@ -177,10 +182,28 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
             f"If-None-Match matches this response's ETag {etag}: the client holds these "
             "bytes already (GET answers such a request with 304 Not Modified)",
         )
+    started = perf_counter()
     if seeds is not None:
         z = latent.noise_for_seeds(seeds, spec.latent_size)
     images = generator.generate(z, labels)
+    generated = perf_counter()
+    response = _encode(images, fmt, spec, seeds, labels, headers)
+    metrics.observe_generation(
+        spec.name, spec.version, n, fmt, generated - started, perf_counter() - generated
+    )
+    environ[ENV_IMAGES] = n
+    return response
 
+
+def _encode(
+    images: np.ndarray,
+    fmt: str,
+    spec: ModelSpec,
+    seeds: list[int] | None,
+    labels: np.ndarray | None,
+    headers: dict[str, str],
+) -> Response:
+    """The response body of ``images`` in format ``fmt``, with ``headers``."""
     stem = f"{spec.name}-v{spec.version}"
     if fmt == "npy":
         headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'

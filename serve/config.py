@@ -28,11 +28,14 @@ VARIABLES = (
     "GAN_BATCHING",
     "GAN_KEEPALIVE",
     "GAN_CLIENT_TIMEOUT",
+    "GAN_METRICS_DIR",
+    "GAN_LOG_FORMAT",
 )
 # Set by the gunicorn config in workers forked to replace others (crash, timeout, HUP): they
 # skip bad versions like a reload does instead of failing to boot, which would stop gunicorn.
 REPLACEMENT_WORKER_ENV = "SERVE_REPLACEMENT_WORKER"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
 SWITCHES = {"on": True, "off": False}
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[0-9]+\Z")
@@ -128,6 +131,8 @@ class Settings:
     batching: bool  # run a request's samples as one batch where that is proven byte-identical
     keepalive: int  # seconds an idle connection stays open; 0 closes after each response
     client_timeout: int  # seconds a client has to send a whole request (and to read a response)
+    metrics_dir: Path | None = None  # Prometheus multiprocess files; None: a fresh one per start
+    log_format: str = "json"  # access lines: "json" (one object per line) or gunicorn's "text"
 
 
 def default_models_dir() -> Path:
@@ -190,6 +195,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if default_model is not None and not MODEL_NAME_RE.match(default_model):
         raise ConfigError(f"GAN_DEFAULT_MODEL is not a valid model name: {default_model!r}")
 
+    log_format = text("GAN_LOG_FORMAT", "json").lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"GAN_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    raw_metrics_dir = env.get("GAN_METRICS_DIR")
+    metrics_dir = None if raw_metrics_dir is None else Path(text("GAN_METRICS_DIR", ""))
+
     raw_policy = env.get("GAN_VERSION_POLICY")
     policy = DEFAULT_VERSION_POLICY if raw_policy is None else parse_version_policy(raw_policy)
 
@@ -212,4 +223,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batching=switch("GAN_BATCHING", "on"),
         keepalive=integer("GAN_KEEPALIVE", 5, 0),
         client_timeout=integer("GAN_CLIENT_TIMEOUT", 10, 1),
+        metrics_dir=metrics_dir,
+        log_format=log_format,
     )

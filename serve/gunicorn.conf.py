@@ -4,9 +4,13 @@ Every value comes from a ``GAN_`` variable (see docs/serving.md); options given 
 command line, such as ``--bind``, override this file.
 """
 
+import atexit
 import gc
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from serve.config import REPLACEMENT_WORKER_ENV, ConfigError, check_cpu_budget, load_settings
 from serve.repository import RepositoryError, validate_repository
@@ -42,7 +46,17 @@ control_socket_disable = True
 accesslog = "-" if _settings.access_log else None
 errorlog = "-"
 loglevel = _settings.log_level
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms %(p)s'  # GAN_LOG_FORMAT=text
+# GAN_LOG_FORMAT=json: one JSON object per access line (serve/accesslog.py); the error log and
+# the text format are gunicorn's own.
+if _settings.log_format == "json":
+    logger_class = "serve.accesslog.JsonAccessLogger"
+
+# --- Metrics: prometheus_client's multiprocess mode, one directory per service -------------
+# Every worker writes its figures to memory-mapped files in this directory and a scrape of any
+# worker sums them all. Set up (and emptied) in on_starting, before the workers fork, and kept
+# on the arbiter (``server``): a HUP re-reads this file, so module globals would not survive it.
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 # --- Hooks ------------------------------------------------------------------------------
@@ -58,7 +72,45 @@ def on_starting(server):
         sys.exit(1)
     served = ", ".join(f"{s.name}/{s.version}" for s in specs)
     server.log.info("model repository %s: %s", _settings.models_dir, served)
+    try:
+        metrics_dir, fresh = prepare_metrics_dir(_settings.metrics_dir)
+    except OSError as e:
+        server.log.error(
+            "cannot start: no directory for the metrics (GAN_METRICS_DIR): %s; set "
+            "GAN_METRICS_DIR to a writable directory, ideally a tmpfs such as /dev/shm", e
+        )
+        sys.exit(1)
+    # prometheus_client picks its multiprocess mode from this variable when first imported:
+    # set before share_with_workers imports it, and inherited by every worker.
+    os.environ[METRICS_ENV] = str(metrics_dir)
+    server.gan_metrics_dir = metrics_dir
+    if fresh:  # created by this master: removed when it exits. Not in on_exit: gunicorn skips
+        # that hook when two workers fail to boot at once (the second failure aborts its halt).
+        atexit.register(_remove_metrics_dir, metrics_dir, os.getpid())
+    server.log.info("metrics in %s", metrics_dir)
     share_with_workers()
+
+
+def prepare_metrics_dir(configured):
+    """The metrics directory, emptied of earlier metrics files; a fresh one if not configured.
+
+    The default is a new directory on the /dev/shm tmpfs (every container runtime mounts one,
+    so a read-only root file system works), or in the system's temporary directory where
+    there is no writable /dev/shm.
+    """
+    if configured is None:
+        shm = "/dev/shm"
+        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+        return Path(tempfile.mkdtemp(prefix="gan-metrics-", dir=base)), True
+    path = configured.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    # Only prometheus_client's own files (counter_<pid>.db, ...): the figures of an earlier
+    # run, whose pids a new worker could reuse. Anything else in the directory is left alone.
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    with tempfile.TemporaryFile(dir=path):  # writable: the workers create their files here
+        pass
+    return path, False
 
 
 def share_with_workers():
@@ -70,6 +122,8 @@ def share_with_workers():
     # in onnxruntime's exit handlers.
     import flask  # noqa: F401
     import PIL.PngImagePlugin  # noqa: F401
+    import prometheus_client.exposition  # noqa: F401
+    import prometheus_client.multiprocess  # noqa: F401
 
     import serve.imaging  # noqa: F401
     import serve.openapi  # noqa: F401
@@ -82,3 +136,19 @@ def post_fork(server, worker):
     # Worker ages count spawns from 1; the first `workers` of them are the service's start.
     if worker.age > server.cfg.workers:
         os.environ[REPLACEMENT_WORKER_ENV] = "1"
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (gan_model_versions_loaded) from the metrics."""
+    # Its counters and histograms stay: what it served still counts in the totals.
+    metrics_dir = getattr(server, "gan_metrics_dir", None)
+    if metrics_dir is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
+
+
+def _remove_metrics_dir(path, master_pid):
+    """Remove the metrics directory this master created (at its exit, not its workers')."""
+    if os.getpid() == master_pid:
+        shutil.rmtree(path, ignore_errors=True)

@@ -314,6 +314,18 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics, summed over every worker",
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text format 0.0.4.",
+                            "content": {"text/plain": {"schema": _STR}},
+                        }
+                    },
+                }
+            },
+            **_v2_paths(max_samples, max_body_bytes),
         },
         "components": {
             "schemas": {
@@ -325,6 +337,217 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                 "Health": HEALTH_SCHEMA,
                 "Ready": READY_SCHEMA,
                 "Error": ERROR_SCHEMA,
+                **V2_SCHEMAS,
             }
         },
+    }
+
+
+# --- Open Inference Protocol v2 (serve/v2.py) ----------------------------------------------
+
+V2_HEADER_LENGTH = "Inference-Header-Content-Length"
+_V2_TENSOR_METADATA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": _STR,
+        "datatype": {"type": "string", "enum": ["FP32", "INT64"]},
+        "shape": {"type": "array", "items": _INT, "description": "-1: any size (the batch)"},
+    },
+}
+_V2_DATA = {
+    "type": "array",
+    "description": "Row-major values, flat or nested as the shape.",
+    "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
+}
+V2_SCHEMAS: dict[str, Any] = {
+    "V2Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": _STR},
+        "description": "Every error of a /v2 route (the protocol's shape, not Error).",
+    },
+    "V2ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {"name": _STR, "version": _STR, "extensions": {"type": "array", "items": _STR}},
+    },
+    "V2ModelMetadata": {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": _STR,
+            "versions": {"type": "array", "items": _STR},
+            "platform": {"type": "string", "enum": ["onnxruntime_onnx"]},
+            "inputs": {"type": "array", "items": _V2_TENSOR_METADATA},
+            "outputs": {"type": "array", "items": _V2_TENSOR_METADATA},
+        },
+    },
+    "V2InferRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": _STR,
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_output": {"type": "boolean"}},
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "description": "z: FP32 [n, latent_size]; labels (conditional models): INT64 "
+                "[n] or [n, 1].",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["z", "labels"]},
+                        "shape": {"type": "array", "items": _INT},
+                        "datatype": {"type": "string", "enum": ["FP32", "INT64"]},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data_size": _INT},
+                        },
+                        "data": _V2_DATA,
+                    },
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["images"]},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data": {"type": "boolean"}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "V2InferResponse": {
+        "type": "object",
+        "required": ["model_name", "model_version", "outputs"],
+        "properties": {
+            "model_name": _STR,
+            "model_version": _STR,
+            "id": {"type": "string", "description": "The request's id, when it gave one."},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "datatype", "shape"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["images"]},
+                        "datatype": {"type": "string", "enum": ["FP32"]},
+                        "shape": {"type": "array", "items": _INT, "description": "[n, C, H, W]"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data_size": _INT},
+                        },
+                        "data": {"type": "array", "items": {"type": "number"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _v2_error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}},
+    }
+
+
+def _v2_paths(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
+    """The /v2 routes: the Open Inference Protocol v2 with the binary tensor data extension."""
+    name = {"name": "name", "in": "path", "required": True, "schema": _STR}
+    version = {"name": "version", "in": "path", "required": True, "schema": _STR}
+    health = {"200": {"description": "True (empty body)."}}
+    not_found = _v2_error("Unknown model or version; version on disk outside the policy.")
+    unavailable = _v2_error("No model loaded, or the version fails its checks when loaded.")
+    metadata = {
+        "get": {
+            "summary": "v2 model metadata",
+            "responses": {"200": _json("V2ModelMetadata"), "404": not_found},
+        }
+    }
+    ready = {
+        "get": {
+            "summary": "v2 model readiness: 200 when an infer request would run now",
+            "responses": health | {"404": not_found, "503": unavailable},
+        }
+    }
+    length_header = {"description": "Bytes of JSON before the binary tensors.", "schema": _INT}
+    infer = {
+        "post": {
+            "summary": "v2 inference: images for z (and labels)",
+            "parameters": [
+                {
+                    "name": V2_HEADER_LENGTH,
+                    "in": "header",
+                    "required": False,
+                    "description": "With binary inputs: the length of the JSON request header; "
+                    "the binary tensors follow it, in input order.",
+                    "schema": _INT,
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
+                    "application/octet-stream": {
+                        "schema": _BINARY
+                        | {
+                            "description": f"A V2InferRequest of {V2_HEADER_LENGTH} bytes, then "
+                            "the binary input tensors (little-endian)."
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "JSON data, or with binary outputs the JSON header "
+                    f"({V2_HEADER_LENGTH} bytes) then the float32 images.",
+                    "headers": _model_headers() | {V2_HEADER_LENGTH: length_header},
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/V2InferResponse"}
+                        },
+                        "application/octet-stream": {"schema": _BINARY},
+                    },
+                },
+                "400": _v2_error(
+                    "Malformed JSON or header length, wrong input name, datatype or shape, "
+                    f"more than {max_samples} samples, non-finite z, labels out of range."
+                ),
+                "404": not_found,
+                "413": _v2_error(f"Body larger than {max_body_bytes} bytes."),
+                "415": _v2_error("A Content-Encoding other than identity."),
+                "503": unavailable,
+            },
+        }
+    }
+    return {
+        "/v2": {
+            "get": {
+                "summary": "v2 server metadata",
+                "responses": {"200": _json("V2ServerMetadata")},
+            }
+        },
+        "/v2/health/live": {"get": {"summary": "v2 liveness", "responses": health}},
+        "/v2/health/ready": {
+            "get": {"summary": "v2 readiness", "responses": health | {"503": unavailable}}
+        },
+        "/v2/models/{name}": {"parameters": [name], **metadata},
+        "/v2/models/{name}/versions/{version}": {"parameters": [name, version], **metadata},
+        "/v2/models/{name}/ready": {"parameters": [name], **ready},
+        "/v2/models/{name}/versions/{version}/ready": {"parameters": [name, version], **ready},
+        "/v2/models/{name}/infer": {"parameters": [name], **infer},
+        "/v2/models/{name}/versions/{version}/infer": {"parameters": [name, version], **infer},
     }

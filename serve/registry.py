@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve import metrics
 from serve.config import Settings
 from serve.errors import ApiError
 from serve.model import Generator, load_generator
@@ -82,6 +83,7 @@ class Registry:
         self._cache: dict[Key, Generator] = {}
         self._used: dict[Key, int] = {}
         self._ticks = itertools.count(1)
+        self._published: set[tuple[str, int, str]] = set()  # in gan_model_versions_loaded
 
         found = find_versions(settings.models_dir)
         problems: list[str] = []
@@ -105,6 +107,7 @@ class Registry:
             )
         self._snapshot = self._make_snapshot(specs, resident)
         self._scanned_at = clock()
+        self._publish_loaded()
 
     # --- What is served -----------------------------------------------------------------
 
@@ -224,6 +227,7 @@ class Registry:
                 servable = list(specs.get(spec.name, {}))
                 raise _unavailable(spec.name, spec.version, servable) from None
             self._cache_put(key, generator)
+            self._publish_loaded()
             log.info(
                 "model %s version %d is outside the version policy: cached on demand "
                 "(cache: %s)",
@@ -259,6 +263,7 @@ class Registry:
         try:
             found = scan(self.settings.models_dir)
         except RepositoryError as e:
+            metrics.MODEL_RELOADS.labels("failed").inc()
             log.error("reload skipped, keeping the loaded models: %s", e)
             return
         current = self._snapshot
@@ -285,6 +290,8 @@ class Registry:
         # Forget rejections of directories that are gone, so the memo stays bounded.
         paths = {path for versions in found.values() for path in versions.values()}
         self._rejected = {p: m for p, m in self._rejected.items() if p in paths}
+        self._publish_loaded()
+        metrics.MODEL_RELOADS.labels("ok").inc()
 
     def _read_specs(
         self, found: dict[str, dict[int, Path]], known: Specs, problems: list[str] | None
@@ -362,6 +369,7 @@ class Registry:
 
     def _load(self, spec: ModelSpec) -> Generator:
         generator = load_generator(spec, self.settings.threads, self.settings.batching)
+        metrics.MODEL_LOADS.labels(spec.name).inc()
         log.info("loaded model %s version %d", spec.name, spec.version)
         return generator
 
@@ -375,6 +383,7 @@ class Registry:
 
     def _reject(self, path: Path) -> None:
         """Remember a bad version so it is retried only once its files change."""
+        metrics.VERSIONS_REJECTED.labels(path.parent.name).inc()
         try:
             self._rejected[path] = fingerprint(path)
         except OSError:
@@ -394,6 +403,14 @@ class Registry:
     def _cache_drop(self, key: Key) -> None:
         self._cache.pop(key, None)
         self._used.pop(key, None)
+
+    def _publish_loaded(self) -> None:
+        """Set gan_model_versions_loaded to the versions with a session here: policy and cache."""
+        generators = [g for versions in self._snapshot.resident.values() for g in versions.values()]
+        generators += self._cache.values()
+        loaded = {(g.spec.name, g.spec.version, g.spec.sha256) for g in generators}
+        metrics.set_loaded(loaded, self._published)
+        self._published = loaded
 
 
 def _unavailable(name: str, version: int, servable: list[int]) -> ApiError:

@@ -31,6 +31,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.version_cache == 2
     assert (settings.access_log, settings.batching) == (True, True)
     assert (settings.keepalive, settings.client_timeout) == (5, 10)
+    assert (settings.log_format, settings.metrics_dir) == ("json", None)
 
 
 def test_values_are_read(tmp_path: Path) -> None:
@@ -52,6 +53,8 @@ def test_values_are_read(tmp_path: Path) -> None:
             "GAN_BATCHING": "OFF",
             "GAN_KEEPALIVE": "0",
             "GAN_CLIENT_TIMEOUT": "3",
+            "GAN_LOG_FORMAT": "Text",
+            "GAN_METRICS_DIR": str(tmp_path / "metrics"),
         }
     )
     assert settings.models_dir == tmp_path
@@ -65,6 +68,7 @@ def test_values_are_read(tmp_path: Path) -> None:
     assert settings.version_cache == 0
     assert (settings.access_log, settings.batching) == (False, False)
     assert (settings.keepalive, settings.client_timeout) == (0, 3)
+    assert (settings.log_format, settings.metrics_dir) == ("text", tmp_path / "metrics")
 
 
 def test_default_workers_fill_the_cpus_with_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +119,9 @@ def test_more_threads_than_cpus_is_an_error(
         ("GAN_VERSION_POLICY", "specific:"),
         ("GAN_VERSION_CACHE", "-1"),
         ("GAN_VERSION_CACHE", "two"),
+        ("GAN_LOG_FORMAT", "xml"),
+        ("GAN_LOG_FORMAT", ""),
+        ("GAN_METRICS_DIR", " "),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

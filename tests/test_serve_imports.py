@@ -16,7 +16,8 @@ def imported_after(code: str, models_dir: Path) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env={"GAN_MODELS_DIR": str(models_dir), "PATH": "/usr/bin:/bin"},
+        env={"GAN_MODELS_DIR": str(models_dir), "GAN_METRICS_DIR": str(models_dir.parent / "metrics"),
+             "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,

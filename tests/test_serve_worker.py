@@ -248,15 +248,20 @@ def test_keepalive_zero_closes_after_each_response(tmp_path: Path, gunicorn: Cal
     assert response.headers["Connection"] == "close"
 
 
-@pytest.mark.parametrize(("setting", "logged"), [("on", True), ("off", False)])
-def test_access_log_setting(tmp_path: Path, setting: str, logged: bool) -> None:
+@pytest.mark.parametrize(
+    ("setting", "log_format", "logged"),
+    [("on", "text", True), ("off", "text", False), ("on", "json", True), ("off", "json", False)],
+)
+def test_access_log_setting(tmp_path: Path, setting: str, log_format: str, logged: bool) -> None:
     server = start_gunicorn(tmp_path, GAN_MODELS_DIR=str(write_repository(tmp_path / "models")),
-                            GAN_WORKERS="1", GAN_ACCESS_LOG=setting)
+                            GAN_WORKERS="1", GAN_ACCESS_LOG=setting, GAN_LOG_FORMAT=log_format)
     try:
         assert requests.get(f"{server.url}/healthz?probe=access", timeout=30).status_code == 200
     finally:
         log = server.stop()
-    assert ('"GET /healthz?probe=access HTTP/1.1" 200' in log) is logged
+    text_line = '"GET /healthz?probe=access HTTP/1.1" 200' in log
+    json_line = '"path":"/healthz","query":"probe=access","status":200' in log
+    assert (text_line, json_line) == ((logged, False) if log_format == "text" else (False, logged))
 
 
 def test_sighup_serves_a_new_version_in_every_worker_without_dropping_a_request(
