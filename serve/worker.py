@@ -20,6 +20,7 @@ import os
 import selectors
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -375,17 +376,27 @@ class EventWorker(base.Worker):
             connection.idle = not connection.buffer
             self._serve_buffered(connection)
 
-    def _fail(self, connection: Connection, error: ClientError) -> None:
-        """Answer a request the app never saw with the API's JSON error, then close."""
-        body = json.dumps(error_body(error.status, _CODES[error.status], error.message)).encode()
+    def _fail(self, connection: Connection, error: ClientError, request: bytes | None = None) -> None:
+        """Answer a request the app never saw with the API's JSON error, then close.
+
+        ``request``: its bytes, when they are no longer in the buffer. Requests for /v2 get
+        that protocol's error shape, ``{"error": "..."}``, as its routes do.
+        """
+        start = bytes(connection.buffer[:512]) if request is None else request[:512]
+        if _targets_v2(start):
+            body = json.dumps({"error": error.message}).encode()
+        else:
+            body = json.dumps(error_body(error.status, _CODES[error.status], error.message)).encode()
+        request_id = uuid.uuid4().hex  # every response has an X-Request-ID (serve/instrument.py)
         head = (
             f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
-            f"Date: {util.http_date()}\r\nConnection: close\r\n"
+            f"Date: {util.http_date()}\r\nConnection: close\r\nX-Request-ID: {request_id}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         connection.buffer.clear()
         connection.closing = True
-        self.log.info("refused a request from %s: %s %s", connection.addr, error.status, error.message)
+        self.log.info("refused a request from %s: %s %s (request id %s)", connection.addr,
+                      error.status, error.message, request_id)
         self._send(connection, head.encode("latin-1") + body)
 
     # --- Requests ------------------------------------------------------------------------
@@ -396,7 +407,7 @@ class EventWorker(base.Worker):
         except StopIteration:
             return False
         except ParseException as e:
-            self._fail(connection, ClientError(_parse_status(e), str(e) or type(e).__name__))
+            self._fail(connection, ClientError(_parse_status(e), str(e) or type(e).__name__), raw)
             return False
         if connection.continued:
             # This worker already sent 100 Continue while the body arrived; gunicorn's environ
@@ -428,7 +439,7 @@ class EventWorker(base.Worker):
             if response.headers_sent:
                 self._send(connection, output.data)
                 return False
-            self._fail(connection, ClientError(500, "internal server error"))
+            self._fail(connection, ClientError(500, "internal server error"), raw)
             return False
         finally:
             try:
@@ -438,6 +449,13 @@ class EventWorker(base.Worker):
                 self.log.exception("Exception in post_request hook")
         self._send(connection, output.data)
         return not response.should_close()
+
+
+def _targets_v2(request: bytes) -> bool:
+    """Whether a request line's target is the Open Inference Protocol's ``/v2`` tree."""
+    parts = request.split(b"\r\n", 1)[0].split(b" ")
+    path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+    return path == b"/v2" or path.startswith(b"/v2/")
 
 
 def _parse_status(error: ParseException) -> int:
