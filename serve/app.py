@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from serve.api import State, bp
 from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
-from serve.errors import ApiError, error_body
+from serve.errors import ApiError, error_json
 from serve.instrument import instrument
 from serve.metrics import bp as metrics_bp
 from serve.model import tune_malloc
@@ -20,7 +20,6 @@ from serve.openapi import PID_HEADER, build_spec
 from serve.registry import Registry
 from serve.schema import generate_query_schema, generate_request_schema
 from serve.v2 import bp as v2_bp
-from serve.v2 import is_v2_path
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +80,14 @@ def configure_logging(level: str) -> None:
 
 
 def _register_error_handlers(app: Flask) -> None:
+    def error(status: int, code: str, message: str) -> Response:
+        response = jsonify(error_json(request.path, status, code, message))
+        response.status_code = status
+        return response
+
     @app.errorhandler(ApiError)
-    def api_error(e: ApiError) -> tuple[Response, int]:
-        return jsonify(e.body()), e.status
+    def api_error(e: ApiError) -> Response:
+        return error(e.status, e.code, e.message)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response:
@@ -91,17 +95,13 @@ def _register_error_handlers(app: Flask) -> None:
         message = str(e.description)
         if status == 413:
             message = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        if is_v2_path(request.path):  # no /v2 view was found (404, 405): the protocol's shape
-            response = jsonify(error=message)
-        else:
-            response = jsonify(error_body(status, _HTTP_CODES.get(status, "http_error"), message))
-        response.status_code = status
+        response = error(status, _HTTP_CODES.get(status, "http_error"), message)
         for key, value in e.get_headers():  # such as Allow on a 405
             if key.lower() != "content-type":
                 response.headers[key] = value
         return response
 
     @app.errorhandler(Exception)
-    def internal_error(e: Exception) -> tuple[Response, int]:
+    def internal_error(e: Exception) -> Response:
         log.exception("unhandled error")
-        return jsonify(error_body(500, "internal_error", "internal server error")), 500
+        return error(500, "internal_error", "internal server error")

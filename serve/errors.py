@@ -22,3 +22,14 @@ class ApiError(Exception):
 def error_body(status: int, code: str, message: str) -> dict[str, Any]:
     """The JSON body every error response has."""
     return {"error": {"status": status, "code": code, "message": message}}
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether a request path is in the Open Inference Protocol's ``/v2`` tree."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_json(path: str, status: int, code: str, message: str) -> dict[str, Any]:
+    """The error body for a request to ``path``: the protocol's ``{"error": "<message>"}``
+    under ``/v2``, the API's shape everywhere else (the app's handlers and the worker's)."""
+    return {"error": message} if is_v2_path(path) else error_body(status, code, message)

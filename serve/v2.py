@@ -9,13 +9,11 @@ and labels. Every error on a ``/v2`` route is the protocol's ``{"error": "<messa
 from __future__ import annotations
 
 import json
-import logging
 from time import perf_counter
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response, jsonify, request
 
 from serve import metrics
 from serve.api import state
@@ -24,8 +22,6 @@ from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.model import Generator
 from serve.openapi import API_VERSION, NAME_HEADER, VERSION_HEADER
 from serve.repository import ModelSpec
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("v2", __name__)
 
@@ -41,41 +37,6 @@ _INT64_MAX = np.iinfo(np.int64).max
 def _bad(message: str) -> ApiError:
     """A 400: the protocol's answer to a request it cannot run."""
     return ApiError(400, "v2_bad_request", message)
-
-
-# --- Errors: {"error": "<message>"} on every /v2 route -------------------------------------
-
-
-@bp.errorhandler(ApiError)
-def _api_error(e: ApiError) -> tuple[Response, int]:
-    # The registry's codes keep their status: 404 unknown_model, unknown_version and
-    # version_not_loaded; 503 not_ready and version_unavailable (the server's, not the client's).
-    return jsonify(error=e.message), e.status
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(e: HTTPException) -> Response:
-    status = e.code or 500
-    message = str(e.description)
-    if status == 413:
-        message = f"request body larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
-    response = jsonify(error=message)
-    response.status_code = status
-    for key, value in e.get_headers():
-        if key.lower() != "content-type":
-            response.headers[key] = value
-    return response
-
-
-@bp.errorhandler(Exception)
-def _internal_error(e: Exception) -> tuple[Response, int]:
-    log.exception("unhandled error")
-    return jsonify(error="internal server error"), 500
-
-
-def is_v2_path(path: str) -> bool:
-    """Whether a request path is in the protocol's ``/v2`` tree (its errors take its shape)."""
-    return path == "/v2" or path.startswith("/v2/")
 
 
 # --- Health and metadata -------------------------------------------------------------------

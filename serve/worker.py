@@ -36,7 +36,7 @@ from gunicorn.http.errors import (
 from gunicorn.workers import base
 
 from serve.config import load_settings
-from serve.errors import error_body
+from serve.errors import error_json
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_SECONDS = 1.0  # how long idle connections stay open once the worker stops accepting
@@ -383,10 +383,9 @@ class EventWorker(base.Worker):
         that protocol's error shape, ``{"error": "..."}``, as its routes do.
         """
         start = bytes(connection.buffer[:512]) if request is None else request[:512]
-        if _targets_v2(start):
-            body = json.dumps({"error": error.message}).encode()
-        else:
-            body = json.dumps(error_body(error.status, _CODES[error.status], error.message)).encode()
+        body = json.dumps(
+            error_json(_target_path(start), error.status, _CODES[error.status], error.message)
+        ).encode()
         request_id = uuid.uuid4().hex  # every response has an X-Request-ID (serve/instrument.py)
         head = (
             f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
@@ -451,11 +450,10 @@ class EventWorker(base.Worker):
         return not response.should_close()
 
 
-def _targets_v2(request: bytes) -> bool:
-    """Whether a request line's target is the Open Inference Protocol's ``/v2`` tree."""
+def _target_path(request: bytes) -> str:
+    """The path of a request line's target ('' if there is none yet)."""
     parts = request.split(b"\r\n", 1)[0].split(b" ")
-    path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
-    return path == b"/v2" or path.startswith(b"/v2/")
+    return parts[1].split(b"?", 1)[0].decode("latin-1") if len(parts) > 1 else ""
 
 
 def _parse_status(error: ParseException) -> int:
