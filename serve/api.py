@@ -64,8 +64,17 @@ def readyz() -> Any:
     """Readiness: 200 once the version policy has at least one version loaded."""
     registry = state().registry
     if not registry.ready:
-        raise ApiError(503, "not_ready", "no model is loaded")
-    return {"status": "ready", "models": registry.names()}
+        reason = " (the model repository cannot be read)" if registry.repository_error else ""
+        raise ApiError(503, "not_ready", f"no model is loaded{reason}")
+    return {
+        "status": "ready",
+        "models": registry.names(),
+        # Served from memory while the repository cannot be read; the log says why.
+        "repository": "unavailable" if registry.repository_error else "ok",
+        "rejected": [
+            {"model": r.name, "version": r.version, "reason": r.reason} for r in registry.rejected
+        ],
+    }
 
 
 def _summary(model: ModelVersions) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Sessions are created here, in the worker: onnxruntime thread pools do not survive fork.
     app.extensions["gan"] = State(
         settings=settings,
-        registry=Registry(settings, strict=env.get(REPLACEMENT_WORKER_ENV) != "1"),
+        registry=Registry(settings, must_load=env.get(REPLACEMENT_WORKER_ENV) != "1"),
         request_schema=generate_request_schema(settings.max_samples),
         query_schema=generate_query_schema(settings.max_samples),
         openapi=build_spec(settings.max_samples, settings.max_body_bytes),
@@ -61,6 +61,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # One after-request hook for every response: X-Request-ID and X-Worker-Pid, the request's
     # count and duration (hooks cost a few microseconds each, on every request).
     instrument(app, {PID_HEADER: str(os.getpid())})
+    # Called by serve.worker.EventWorker about once a second between requests: rescans, and
+    # whether the worker is ready (one that is not leaves new connections to the others).
+    app.tick = app.extensions["gan"].registry.tick  # type: ignore[attr-defined]
     return app
 
 

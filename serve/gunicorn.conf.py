@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from serve.config import REPLACEMENT_WORKER_ENV, ConfigError, check_cpu_budget, load_settings
-from serve.repository import RepositoryError, validate_repository
+from serve.repository import RepositoryError, check_repository
 
 try:
     _settings = load_settings()
@@ -63,15 +63,19 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def on_starting(server):
     """Check the CPU budget and the model repository in the master, before any worker forks."""
     # Workers that fail at boot would otherwise only surface as a worker-boot error;
-    # checking here stops the master with the real message and a non-zero exit.
+    # checking here stops the master with the real message and a non-zero exit. A bad
+    # version beside good ones does not stop the start: it is logged, reported by /readyz,
+    # and the others are served (the workers check it again, its session included).
     try:
         check_cpu_budget(server.cfg.workers, _settings.threads, _settings.cpus)
-        specs = validate_repository(_settings.models_dir)
+        specs, problems = check_repository(_settings.models_dir)
     except (ConfigError, RepositoryError) as e:
         server.log.error("cannot start: %s", e)
         sys.exit(1)
-    served = ", ".join(f"{s.name}/{s.version}" for s in specs)
-    server.log.info("model repository %s: %s", _settings.models_dir, served)
+    for problem in problems:
+        server.log.error("not serving a model version, serving the others: %s", problem)
+    servable = ", ".join(f"{s.name}/{s.version}" for s in specs)
+    server.log.info("model repository %s: %s", _settings.models_dir, servable)
     try:
         metrics_dir, fresh = prepare_metrics_dir(_settings.metrics_dir)
     except OSError as e:

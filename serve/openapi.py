@@ -38,10 +38,26 @@ HEALTH_SCHEMA: dict[str, Any] = {
 }
 READY_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["status", "models"],
+    "required": ["status", "models", "repository", "rejected"],
     "properties": {
         "status": {"type": "string", "enum": ["ready"]},
         "models": {"type": "array", "items": _STR},
+        "repository": {
+            "type": "string",
+            "enum": ["ok", "unavailable"],
+            "description": "unavailable: the last rescan could not read the model repository; "
+            "the loaded versions are served from memory meanwhile (the log says why).",
+        },
+        "rejected": {
+            "type": "array",
+            "description": "Versions on disk that fail the service's checks, and why; the "
+            "others are served.",
+            "items": {
+                "type": "object",
+                "required": ["model", "version", "reason"],
+                "properties": {"model": _STR, "version": _INT, "reason": _STR},
+            },
+        },
     },
 }
 _SUMMARY_PROPERTIES: dict[str, Any] = {

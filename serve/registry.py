@@ -23,7 +23,7 @@ from pathlib import Path
 
 from serve import metrics
 from serve.config import Settings
-from serve.errors import ApiError
+from serve.errors import ApiError, shown
 from serve.model import Generator, load_generator
 from serve.repository import (
     ModelError,
@@ -32,7 +32,6 @@ from serve.repository import (
     find_versions,
     fingerprint,
     read_spec,
-    scan,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,15 @@ class _Snapshot:
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """A version on disk that fails the service's checks, and why."""
+
+    name: str
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ModelVersions:
     """One model as this worker sees it, for ``/models``."""
 
@@ -66,18 +74,28 @@ class ModelVersions:
 class Registry:
     """Servable versions by name, the policy's loaded ones, and the on-demand LRU cache.
 
-    ``strict``: any bad version is a RepositoryError (the service's start). Otherwise bad
-    versions are logged and skipped, and only a repository with nothing loaded is an error.
+    Bad versions are logged, reported by ``rejected`` (and /readyz) and skipped; the others
+    are served. ``must_load`` (a worker of the service's start): a repository that cannot be
+    read, or with nothing loadable, is a RepositoryError, which stops the start. Otherwise (a
+    worker forked to replace another) the registry starts empty instead, not ready, and
+    ``tick`` retries every second until the repository is back: a worker that cannot boot
+    would make gunicorn stop the whole service, the healthy workers with it.
     """
 
     def __init__(
-        self, settings: Settings, clock: Callable[[], float] = time.monotonic, strict: bool = True
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        must_load: bool = True,
     ) -> None:
         self.settings = settings
         self.policy = settings.version_policy
         self.clock = clock  # injectable so tests can step time instead of sleeping
         self._lock = threading.Lock()  # one rescan or on-demand load at a time
         self._rejected: dict[Path, tuple[int, ...]] = {}  # bad versions by fingerprint
+        self._reasons: dict[Path, Rejected] = {}  # and why, for /readyz
+        self.repository_error: str | None = None  # why the last scan failed; None: it worked
+        self._snapshot = self._make_snapshot({}, {})
         # The on-demand cache: written under _lock only, read without it. Recency is a
         # counter stamped on each use (a lock-free dict write), looked at only to evict.
         self._cache: dict[Key, Generator] = {}
@@ -85,29 +103,41 @@ class Registry:
         self._ticks = itertools.count(1)
         self._published: set[tuple[str, int, str]] = set()  # in gan_model_versions_loaded
 
-        found = find_versions(settings.models_dir)
+        try:
+            found = find_versions(settings.models_dir)
+        except RepositoryError as e:
+            if must_load:
+                raise
+            found = {}
+            self._unreadable(e)
         problems: list[str] = []
         specs = self._read_specs(found, {}, problems)
         resident = self._select(specs, {}, problems)
-        loaded = any(resident.values())
-        if problems and (strict or not loaded):
-            raise RepositoryError(
-                f"model repository {settings.models_dir} is invalid:\n  " + "\n  ".join(problems)
-            )
-        if not loaded:
-            listing = ", ".join(f"{n} {list(v)}" for n, v in specs.items())
-            raise RepositoryError(
-                f"GAN_VERSION_POLICY={self.policy} selects none of the versions in "
-                f"{settings.models_dir} ({listing})"
-            )
-        if settings.default_model is not None and settings.default_model not in specs:
-            raise RepositoryError(
-                f"GAN_DEFAULT_MODEL={settings.default_model} is not in the model repository "
-                f"{settings.models_dir} (it holds: {', '.join(specs)})"
-            )
         self._snapshot = self._make_snapshot(specs, resident)
         self._scanned_at = clock()
         self._publish_loaded()
+        if must_load:
+            self._check_start(specs, problems)
+
+    def _check_start(self, specs: Specs, problems: list[str]) -> None:
+        """Stop the service's start when nothing can be served, or the default model is not."""
+        models_dir = self.settings.models_dir
+        if not self.ready:
+            if problems:
+                raise RepositoryError(
+                    f"model repository {models_dir} has no servable version:\n  "
+                    + "\n  ".join(problems)
+                )
+            listing = ", ".join(f"{n} {list(v)}" for n, v in specs.items())
+            raise RepositoryError(
+                f"GAN_VERSION_POLICY={self.policy} selects none of the versions in "
+                f"{models_dir} ({listing})"
+            )
+        if self.settings.default_model is not None and self.settings.default_model not in specs:
+            raise RepositoryError(
+                f"GAN_DEFAULT_MODEL={self.settings.default_model} is not in the model "
+                f"repository {models_dir} (it holds: {', '.join(specs)})"
+            )
 
     # --- What is served -----------------------------------------------------------------
 
@@ -125,6 +155,11 @@ class Registry:
     def ready(self) -> bool:
         """Whether at least one version is loaded by the policy."""
         return any(self._snapshot.resident.values())
+
+    @property
+    def rejected(self) -> list[Rejected]:
+        """The versions on disk this worker refused, and why (no local paths)."""
+        return sorted(self._reasons.values(), key=lambda r: (r.name, r.version))
 
     def names(self) -> list[str]:
         """Every model with a servable version, by name."""
@@ -188,7 +223,7 @@ class Registry:
         specs = snap.specs.get(name)
         if specs is None:
             raise ApiError(
-                404, "unknown_model", f"unknown model {name!r}; served: {', '.join(snap.specs)}"
+                404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(snap.specs)}"
             )
         assert name is not None
         if version is None:
@@ -201,7 +236,7 @@ class Registry:
         raise ApiError(
             404,
             "unknown_version",
-            f"model {name!r} has no version {version}; versions: {list(specs)}",
+            f"model {shown(name)} has no version {shown(version)}; versions: {list(specs)}",
         )
 
     def _load_on_demand(self, spec: ModelSpec) -> Generator:
@@ -218,7 +253,7 @@ class Registry:
                 generator = self._load(spec)
             except (ModelError, OSError) as e:
                 log.error("cannot load a model version on demand: %s", e)
-                self._reject(spec.path)
+                self._reject(spec.path, e)
                 specs = {n: dict(v) for n, v in snap.specs.items()}
                 del specs[spec.name][spec.version]
                 if not specs[spec.name]:
@@ -238,6 +273,20 @@ class Registry:
             return generator
 
     # --- Rescans ------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Called by the worker about once a second between requests: rescan when due, and
+        every second while nothing is loaded (GAN_RELOAD_INTERVAL=0 included), so a worker
+        that started without its repository serves within a second or so of its return.
+        Whether the worker is ready."""
+        if self.ready:
+            self.maybe_reload()
+        elif self.clock() - self._scanned_at >= 1.0 and self._lock.acquire(blocking=False):
+            try:
+                self._reload()
+            finally:
+                self._lock.release()
+        return self.ready
 
     def maybe_reload(self) -> None:
         """Rescan once GAN_RELOAD_INTERVAL seconds have passed since the last scan."""
@@ -261,11 +310,17 @@ class Registry:
     def _reload(self) -> None:
         self._scanned_at = self.clock()
         try:
-            found = scan(self.settings.models_dir)
-        except RepositoryError as e:
+            # A repository that holds no model at all is taken for one that is not there (a
+            # volume being remounted, a directory being replaced), not for the removal of
+            # every model: the loaded versions stay until it holds models again.
+            found = find_versions(self.settings.models_dir)
+        except (RepositoryError, OSError) as e:
             metrics.MODEL_RELOADS.labels("failed").inc()
-            log.error("reload skipped, keeping the loaded models: %s", e)
+            self._unreadable(e)
             return
+        if self.repository_error is not None:
+            log.warning("the model repository %s can be read again", self.settings.models_dir)
+            self.repository_error = None
         current = self._snapshot
         specs = self._read_specs(found, current.specs, None)
         resident = self._select(specs, current.resident, None)
@@ -290,6 +345,7 @@ class Registry:
         # Forget rejections of directories that are gone, so the memo stays bounded.
         paths = {path for versions in found.values() for path in versions.values()}
         self._rejected = {p: m for p, m in self._rejected.items() if p in paths}
+        self._reasons = {p: r for p, r in self._reasons.items() if p in self._rejected}
         self._publish_loaded()
         metrics.MODEL_RELOADS.labels("ok").inc()
 
@@ -316,10 +372,13 @@ class Registry:
         try:
             if self._rejected.get(path) == fingerprint(path):
                 return None  # unchanged since it was refused: not retried
-            return read_spec(path, name, version)
+            spec = read_spec(path, name, version)
         except (ModelError, OSError) as e:
             self._refuse(path, e, problems)
             return None
+        self._rejected.pop(path, None)  # changed since, and now right (loading may refuse it)
+        self._reasons.pop(path, None)
+        return spec
 
     def _select(self, specs: Specs, current: Models, problems: list[str] | None) -> Models:
         """The policy's versions of each model, loaded (or reused from ``current`` and the
@@ -373,21 +432,33 @@ class Registry:
         log.info("loaded model %s version %d", spec.name, spec.version)
         return generator
 
+    def _unreadable(self, error: Exception) -> None:
+        """A scan failed: log it once per distinct error, not at every retry."""
+        message = str(error)
+        if message != self.repository_error:
+            action = "keeping the loaded models" if self.ready else "nothing is loaded"
+            log.error("cannot read the model repository (%s), retrying: %s", action, message)
+        self.repository_error = message
+
     def _refuse(self, path: Path, error: Exception, problems: list[str] | None) -> None:
-        self._reject(path)
+        self._reject(path, error)
         if problems is None:
             log.error("not loading a new model version, keeping the others: %s", error)
         else:
             problems.append(str(error))
-            log.error("not loading a model version: %s", error)
+            log.error("not serving a model version, serving the others: %s", error)
 
-    def _reject(self, path: Path) -> None:
+    def _reject(self, path: Path, error: Exception) -> None:
         """Remember a bad version so it is retried only once its files change."""
         metrics.VERSIONS_REJECTED.labels(path.parent.name).inc()
         try:
             self._rejected[path] = fingerprint(path)
         except OSError:
-            pass  # already gone: nothing to remember
+            return  # already gone: nothing to remember
+        name, version = path.parent.name, int(path.name)
+        # The reason as the log gives it, with the version's local path replaced by its name.
+        reason = str(error).replace(f"{path}: ", "").replace(str(path), f"{name}/{version}")
+        self._reasons[path] = Rejected(name, version, reason)
 
     def _cache_put(self, key: Key, generator: Generator) -> None:
         """Add to the cache as the most recently used, evicting the least recently used."""

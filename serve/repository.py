@@ -218,6 +218,28 @@ def find_versions(models_dir: Path) -> dict[str, dict[int, Path]]:
     return found
 
 
+def check_repository(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
+    """The versions whose files pass ``read_spec``, and the problems of the others.
+
+    A RepositoryError only when there is nothing to serve: no directory, no model, or no
+    version that passes (the service then refuses to start, saying why).
+    """
+    found = find_versions(models_dir)
+    specs: list[ModelSpec] = []
+    problems: list[str] = []
+    for name, versions in found.items():
+        for version, path in versions.items():
+            try:
+                specs.append(read_spec(path, name, version))
+            except (ModelError, OSError) as e:
+                problems.append(str(e))
+    if not specs:
+        raise RepositoryError(
+            f"model repository {models_dir} has no servable version:\n  " + "\n  ".join(problems)
+        )
+    return specs, problems
+
+
 def validate_repository(models_dir: Path) -> list[ModelSpec]:
     """Every version of every model, checked; any problem is a RepositoryError."""
     found = find_versions(models_dir)

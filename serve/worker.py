@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,12 +42,16 @@ from serve.errors import error_json
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_SECONDS = 1.0  # how long idle connections stay open once the worker stops accepting
+# A worker that is not ready (nothing loaded) leaves new connections to the ready ones; one
+# that no worker has taken for this long is taken anyway, and answered (503 not_ready).
+UNCLAIMED_SECONDS = 0.25
+WATCH_SECONDS = 0.1  # how often the watchdog looks at the request being served
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
             414: "URI Too Long", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented"}
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
 _CODES = {400: "bad_request", 408: "request_timeout", 413: "body_too_large",
           414: "uri_too_long", 431: "headers_too_large", 500: "internal_error",
-          501: "not_implemented"}
+          501: "not_implemented", 503: "timeout"}
 
 
 class ClientError(Exception):
@@ -181,6 +187,13 @@ class EventWorker(base.Worker):
         )
         self.max_connections = self.cfg.worker_connections
         self.connections: dict[int, Connection] = {}
+        # How long one request may run: gunicorn kills a worker whose heartbeat is older than
+        # its timeout, and the heartbeat is renewed before each request (when older than
+        # WATCH_SECONDS); ending the request a second before that leaves time to answer it.
+        timeout = float(self.cfg.timeout or 30)
+        self.request_limit = timeout - 1.0 if timeout >= 2 else timeout / 2
+        self.busy: tuple[float, Connection, bytes] | None = None  # the request being served
+        self.notified = 0.0
         super().init_process()
 
     def run(self) -> None:
@@ -190,21 +203,31 @@ class EventWorker(base.Worker):
         self.selector.register(self.PIPE[0], selectors.EVENT_READ, "pipe")
         self.listening = False
         self.stopping = False
-        self._listen(True)
-        notified = expiry_due = 0.0
+        # The app's tick (serve.app): rescans when due, and whether the worker is ready.
+        self.app_tick = getattr(self.wsgi, "tick", None)
+        self.ready = True
+        self._tick()
+        self._listen(self.ready)
+        threading.Thread(target=self._watch, name="request-watchdog", daemon=True).start()
+        ticked = expiry_due = unclaimed_since = 0.0
         while self.alive or self.connections:
             now = time.monotonic()
-            if now - notified >= 1.0:  # the heartbeat is a syscall: once a second, not per request
-                self.notify()
-                notified = now
+            if now - self.notified >= 1.0:  # the heartbeat is a syscall: once a second
+                self._notify(now)
             if self.ppid != os.getppid():
                 self.log.info("Parent changed, shutting down: %s", self)
                 break
             if not self.alive and not self.stopping:
                 self._stop_accepting()
+            if self.alive and now - ticked >= 1.0:
+                ticked = now
+                self._tick()
+            if not self.ready and not self.stopping:
+                unclaimed_since = self._take_unclaimed(now, unclaimed_since)
             try:
-                # Stopping: wake often enough to close drained connections on time.
-                events = self.selector.select(timeout=1.0 if self.alive else 0.1)
+                # Stopping, or not ready: wake often enough to close drained connections on
+                # time, or to see a connection that no other worker takes.
+                events = self.selector.select(timeout=1.0 if self.alive and self.ready else 0.1)
             except InterruptedError:
                 continue
             for key, mask in events:
@@ -224,6 +247,73 @@ class EventWorker(base.Worker):
                 expiry_due = time.monotonic() + 0.1
         for connection in list(self.connections.values()):
             self._close(connection)
+
+    def _notify(self, now: float) -> None:
+        self.notify()
+        self.notified = now
+
+    def _tick(self) -> None:
+        """Let the app rescan, and follow its readiness: a worker with nothing loaded stops
+        taking new connections, so that while the model repository cannot be read (a worker
+        that replaced a dead one may start empty) the ready workers answer every client."""
+        if self.app_tick is None:
+            return
+        try:
+            ready = bool(self.app_tick())
+        except Exception:
+            self.log.exception("the app's periodic rescan failed")
+            return
+        if ready != self.ready:
+            self.ready = ready
+            self.log.warning("worker %s", "ready: taking connections" if ready else
+                             "not ready: leaving new connections to the ready workers")
+            self._listen(self._may_listen())
+
+    def _may_listen(self) -> bool:
+        return not self.stopping and self.ready and len(self.connections) < self.max_connections
+
+    def _take_unclaimed(self, now: float, since: float) -> float:
+        """A worker that is not ready takes a connection that waited UNCLAIMED_SECONDS for
+        another (none is ready, or all are busy): answered now rather than left to wait."""
+        try:
+            readable, _, _ = select.select(self.sockets, [], [], 0)
+        except (OSError, ValueError):
+            return 0.0
+        if not readable:
+            return 0.0
+        if not since:
+            return now
+        if now - since >= UNCLAIMED_SECONDS:
+            self._accept(readable[0])
+            return 0.0
+        return since
+
+    def _watch(self) -> None:
+        """Answer a request that runs past the limit with a JSON 503, then end the worker.
+
+        A thread of its own, as the request holds the main thread (onnxruntime releases the
+        interpreter while it runs). Without it gunicorn would kill the worker a second later
+        and the client would get a reset connection; the arbiter replaces the worker either way.
+        """
+        while True:
+            time.sleep(WATCH_SECONDS)
+            busy = self.busy
+            if busy is None or time.monotonic() - busy[0] < self.request_limit:
+                continue
+            started, connection, raw = busy
+            if self.busy is not busy:
+                continue  # it finished meanwhile
+            message = (f"the request did not finish within {self.request_limit:g} s "
+                       "(GAN_TIMEOUT); its worker is restarted")
+            self.log.error("stopping a request after %.1f s: %s (%s)", time.monotonic() - started,
+                           _target_path(raw[:512]) or "?", message)
+            try:
+                connection.sock.settimeout(1.0)
+                response = _error_response(raw, 503, message, uuid.uuid4().hex, retry_after=1)
+                connection.sock.sendall(response)
+            except OSError:
+                pass
+            os._exit(1)
 
     # --- Connections ---------------------------------------------------------------------
     def _listen(self, on: bool) -> None:
@@ -264,7 +354,7 @@ class EventWorker(base.Worker):
         )
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, connection)
-        if len(self.connections) >= self.max_connections:
+        if not self._may_listen():
             self._listen(False)  # full: new connections wait in the backlog (or for another worker)
 
     def _close(self, connection: Connection) -> None:
@@ -280,7 +370,7 @@ class EventWorker(base.Worker):
             connection.sock.close()
         except OSError:
             pass
-        if not self.stopping and len(self.connections) < self.max_connections:
+        if self._may_listen():
             self._listen(True)
 
     def _expire(self) -> None:
@@ -383,20 +473,13 @@ class EventWorker(base.Worker):
         that protocol's error shape, ``{"error": "..."}``, as its routes do.
         """
         start = bytes(connection.buffer[:512]) if request is None else request[:512]
-        body = json.dumps(
-            error_json(_target_path(start), error.status, _CODES[error.status], error.message)
-        ).encode()
         request_id = uuid.uuid4().hex  # every response has an X-Request-ID (serve/instrument.py)
-        head = (
-            f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
-            f"Date: {util.http_date()}\r\nConnection: close\r\nX-Request-ID: {request_id}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
+        response = _error_response(start, error.status, error.message, request_id)
         connection.buffer.clear()
         connection.closing = True
         self.log.info("refused a request from %s: %s %s (request id %s)", connection.addr,
                       error.status, error.message, request_id)
-        self._send(connection, head.encode("latin-1") + body)
+        self._send(connection, response)
 
     # --- Requests ------------------------------------------------------------------------
     def _handle(self, connection: Connection, raw: bytes) -> bool:
@@ -423,6 +506,10 @@ class EventWorker(base.Worker):
             self.alive = False
             response.force_close()
         started = datetime.now()
+        now = time.monotonic()
+        if now - self.notified >= WATCH_SECONDS:
+            self._notify(now)  # a fresh heartbeat, so the watchdog ends a slow request first
+        self.busy = (now, connection, raw)
         try:
             self.cfg.pre_request(self, request)
             body = self.wsgi(environ, response.start_response)
@@ -441,6 +528,7 @@ class EventWorker(base.Worker):
             self._fail(connection, ClientError(500, "internal server error"), raw)
             return False
         finally:
+            self.busy = None
             try:
                 self.log.access(response, request, environ, datetime.now() - started)
                 self.cfg.post_request(self, request, environ, response)
@@ -448,6 +536,20 @@ class EventWorker(base.Worker):
                 self.log.exception("Exception in post_request hook")
         self._send(connection, output.data)
         return not response.should_close()
+
+
+def _error_response(
+    request: bytes, status: int, message: str, request_id: str, retry_after: int = 0
+) -> bytes:
+    """A whole HTTP response with the API's JSON error for ``request`` (its first bytes)."""
+    body = json.dumps(error_json(_target_path(request), status, _CODES[status], message)).encode()
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after else ""
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+        f"Date: {util.http_date()}\r\nConnection: close\r\nX-Request-ID: {request_id}\r\n"
+        f"{retry}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def _target_path(request: bytes) -> str:

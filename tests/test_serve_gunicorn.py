@@ -149,12 +149,20 @@ def damage_empty(repo: Path) -> None:
         subprocess.run(["rm", "-r", str(model)], check=True)
 
 
+def damage_every_version(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    def apply(repo: Path) -> None:
+        for version in repo.glob("*/*"):
+            damage(version)
+
+    return apply
+
+
 @pytest.mark.parametrize(
     ("damage", "fragment"),
     [
         (damage_empty, "holds no models"),
-        (lambda repo: corrupt_sha(repo / "tiny" / "2"), "sha256 of model.onnx is"),
-        (lambda repo: wrong_output_shape(repo / "tiny" / "2"), "does not match model.json"),
+        (damage_every_version(corrupt_sha), "sha256 of model.onnx is"),
+        (damage_every_version(wrong_output_shape), "does not match model.json"),
     ],
 )
 def test_bad_repository_stops_gunicorn(

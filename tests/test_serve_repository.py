@@ -18,7 +18,7 @@ from tiny_models import (
 from serve.app import create_app
 from serve.config import Settings, load_settings
 from serve.registry import Registry
-from serve.repository import RepositoryError, scan, validate_repository
+from serve.repository import RepositoryError, check_repository, scan, validate_repository
 
 
 def settings_for(models_dir: Path, **env: str) -> Settings:
@@ -95,18 +95,46 @@ CORRUPTIONS = [
 ]
 
 
+def assert_rejected_and_others_served(models_dir: Path, fragment: str) -> None:
+    """The service starts without tiny/2, serves tiny/1 in its place, and says why."""
+    client = create_app({"GAN_MODELS_DIR": str(models_dir)}).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json["models"] == ["cond", "tiny"]
+    [rejected] = ready.json["rejected"]
+    assert (rejected["model"], rejected["version"]) == ("tiny", 2)
+    assert fragment in rejected["reason"]
+    assert str(models_dir) not in rejected["reason"]  # no local paths to clients
+    response = client.post("/generate", json={"model": "tiny", "seed": 1})
+    assert response.status_code == 200
+    assert response.headers["X-Model-Version"] == "1"
+    assert client.post("/generate", json={"model": "tiny", "version": 2, "seed": 1}).status_code == 503
+
+
 @pytest.mark.parametrize(("corrupt", "fragment"), CORRUPTIONS)
-def test_corrupt_version_stops_the_start(
+def test_corrupt_version_is_reported_and_the_others_served(
     models_dir: Path, corrupt: Callable[[Path], None], fragment: str
 ) -> None:
     corrupt(models_dir / "tiny" / "2")
-    with pytest.raises(RepositoryError) as master:
-        validate_repository(models_dir)  # what gunicorn's master checks before forking
-    with pytest.raises(RepositoryError) as worker:
-        create_app({"GAN_MODELS_DIR": str(models_dir)})
-    for error in (master, worker):
+    with pytest.raises(RepositoryError) as strict:
+        validate_repository(models_dir)  # the strict check, for tools that publish versions
+    assert fragment in str(strict.value)
+    specs, problems = check_repository(models_dir)  # what gunicorn's master checks first
+    assert sorted((s.name, s.version) for s in specs) == [("cond", 1), ("tiny", 1)]
+    assert len(problems) == 1 and fragment in problems[0]
+    assert_rejected_and_others_served(models_dir, fragment)
+
+
+@pytest.mark.parametrize(("corrupt", "fragment"), CORRUPTIONS[:3])
+def test_nothing_servable_stops_the_start(
+    tmp_path: Path, corrupt: Callable[[Path], None], fragment: str
+) -> None:
+    corrupt(write_model(tmp_path, "tiny", 2))
+    for start in (lambda: check_repository(tmp_path), lambda: create_app({"GAN_MODELS_DIR": str(tmp_path)})):
+        with pytest.raises(RepositoryError, match="has no servable version") as error:
+            start()
         assert fragment in str(error.value)
-        assert str(models_dir / "tiny" / "2") in str(error.value)
+        assert str(tmp_path / "tiny" / "2") in str(error.value)  # the operator's log says where
 
 
 @pytest.mark.parametrize(
@@ -116,13 +144,12 @@ def test_corrupt_version_stops_the_start(
         (corrupt_onnx, "onnxruntime cannot load model.onnx"),
     ],
 )
-def test_version_whose_session_disagrees_stops_the_worker(
+def test_version_whose_session_disagrees_is_reported_and_the_others_served(
     models_dir: Path, corrupt: Callable[[Path], None], fragment: str
 ) -> None:
     corrupt(models_dir / "tiny" / "2")
     validate_repository(models_dir)  # the files alone look right
-    with pytest.raises(RepositoryError, match=fragment):
-        create_app({"GAN_MODELS_DIR": str(models_dir)})
+    assert_rejected_and_others_served(models_dir, fragment)
 
 
 def test_symbolic_output_dims_are_checked_by_a_probe_run(tmp_path: Path) -> None:
@@ -145,16 +172,39 @@ def test_unknown_default_model_stops_the_start(models_dir: Path) -> None:
         create_app({"GAN_MODELS_DIR": str(models_dir), "GAN_DEFAULT_MODEL": "mnist"})
 
 
-def test_lenient_registry_skips_bad_versions(models_dir: Path) -> None:
-    corrupt_sha(models_dir / "tiny" / "2")
-    registry = Registry(settings_for(models_dir), strict=False)
-    assert {name: list(v) for name, v in registry.models.items()} == {"cond": [1], "tiny": [1]}
+def test_replacement_registry_starts_empty_and_loads_once_the_repository_is_back(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    away = tmp_path / "away"
+    models_dir.rename(away)  # a volume being remounted
+    now = [0.0]
+    registry = Registry(settings_for(models_dir), clock=lambda: now[0], must_load=False)
+    assert not registry.ready and "does not exist" in (registry.repository_error or "")
+    now[0] += 1.0
+    assert registry.tick() is False  # retried every second, still away
+    away.rename(models_dir)
+    assert registry.tick() is False  # not a second since the last try
+    now[0] += 1.0
+    assert registry.tick() is True
+    assert registry.repository_error is None
+    assert {name: list(v) for name, v in registry.models.items()} == {"cond": [1], "tiny": [2]}
 
 
-def test_lenient_registry_needs_one_good_version(tmp_path: Path) -> None:
-    corrupt_sha(write_model(tmp_path, "tiny", 1))
-    with pytest.raises(RepositoryError, match="sha256"):
-        Registry(settings_for(tmp_path), strict=False)
+def test_unreadable_repository_keeps_the_loaded_models(models_dir: Path, tmp_path: Path) -> None:
+    now = [0.0]
+    registry = Registry(settings_for(models_dir, GAN_RELOAD_INTERVAL="1"), clock=lambda: now[0])
+    for gone in (lambda: models_dir.rename(tmp_path / "away"), lambda: None):
+        gone()
+        now[0] += 1.0
+        assert registry.tick() is True
+        assert registry.repository_error is not None
+        assert registry.resolve("tiny", None).spec.version == 2
+        if not models_dir.exists():
+            models_dir.mkdir()  # back, but empty: taken for a repository not there yet
+    for entry in (tmp_path / "away").iterdir():
+        entry.rename(models_dir / entry.name)
+    now[0] += 1.0
+    assert registry.tick() is True and registry.repository_error is None
 
 
 def test_metadata_is_served_as_written(models_dir: Path) -> None:

@@ -176,8 +176,12 @@ def test_policy_that_selects_nothing_stops_the_start(repo: Path) -> None:
 
 def test_start_checks_every_version_on_disk(repo: Path) -> None:
     (repo / "tiny" / "1" / "model.onnx").write_bytes(b"changed")  # sha256 no longer matches
-    with pytest.raises(RepositoryError, match="sha256 of model.onnx"):
-        make_app(repo)
+    client = make_app(repo).test_client()  # outside the policy, yet checked: reported
+    rejected = client.get("/readyz").json["rejected"]
+    assert [(r["model"], r["version"]) for r in rejected] == [("tiny", 1)]
+    assert "sha256 of model.onnx" in rejected[0]["reason"]
+    assert model(client)["versions"] == [2, 3]
+    assert_error(generate(client, version=1), 503, "version_unavailable")
 
 
 # --- Pinned versions outside the policy: the on-demand cache --------------------------------
@@ -393,4 +397,6 @@ def test_models_listing_fields(repo: Path) -> None:
         "classes": None,
         "image_shape": [1, 6, 5],
     }
-    assert client.get("/readyz").json == {"status": "ready", "models": ["cond", "tiny"]}
+    assert client.get("/readyz").json == {
+        "status": "ready", "models": ["cond", "tiny"], "repository": "ok", "rejected": []
+    }
