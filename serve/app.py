@@ -11,12 +11,14 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from serve.api import State, bp
+from serve.auth import exempt_paths, install_guard
 from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
 from serve.errors import ApiError, error_json
 from serve.instrument import instrument
 from serve.metrics import bp as metrics_bp
 from serve.model import tune_malloc
-from serve.openapi import PID_HEADER, build_spec
+from serve.openapi import PID_HEADER, add_security, build_spec
+from serve.ratelimit import open_limiter
 from serve.registry import Registry
 from serve.schema import generate_query_schema, generate_request_schema
 from serve.v2 import bp as v2_bp
@@ -52,12 +54,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         registry=Registry(settings, must_load=env.get(REPLACEMENT_WORKER_ENV) != "1"),
         request_schema=generate_request_schema(settings.max_samples),
         query_schema=generate_query_schema(settings.max_samples),
-        openapi=build_spec(settings.max_samples, settings.max_body_bytes),
+        openapi=add_security(
+            build_spec(settings.max_samples, settings.max_body_bytes),
+            exempt_paths(settings.auth_exempt),
+            auth=bool(settings.api_tokens),
+            rate_limit=None if settings.rate_limit is None else str(settings.rate_limit),
+        ),
     )
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(v2_bp)
     _register_error_handlers(app)
+    # Auth and the rate limit: one before-request hook when either is on, none otherwise.
+    install_guard(app, settings, open_limiter(settings.rate_limit, settings.trusted_proxy_hops, env))
     # One after-request hook for every response: X-Request-ID and X-Worker-Pid, the request's
     # count and duration (hooks cost a few microseconds each, on every request).
     instrument(app, {PID_HEADER: str(os.getpid())})

@@ -6,8 +6,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from serve.auth import DEFAULT_EXEMPT, parse_exempt, tokens_from_file, tokens_from_variable
+from serve.ratelimit import RateLimit, parse_proxy_hops, parse_rate_limit
 
 PREFIX = "GAN_"
 VARIABLES = (
@@ -30,6 +33,11 @@ VARIABLES = (
     "GAN_CLIENT_TIMEOUT",
     "GAN_METRICS_DIR",
     "GAN_LOG_FORMAT",
+    "GAN_API_TOKEN",
+    "GAN_API_TOKEN_FILE",
+    "GAN_AUTH_EXEMPT",
+    "GAN_RATE_LIMIT",
+    "GAN_TRUSTED_PROXY_HOPS",
 )
 # Set by the gunicorn config in workers forked to replace others (crash, timeout, HUP): they
 # skip bad versions like a reload does instead of failing to boot, which would stop gunicorn.
@@ -133,6 +141,11 @@ class Settings:
     client_timeout: int  # seconds a client has to send a whole request (and to read a response)
     metrics_dir: Path | None = None  # Prometheus multiprocess files; None: a fresh one per start
     log_format: str = "json"  # access lines: "json" (one object per line) or gunicorn's "text"
+    # Bearer tokens any of which a request needs (empty: auth off); never in a repr or a log.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    auth_exempt: frozenset[str] = parse_exempt(DEFAULT_EXEMPT)  # route groups open without one
+    rate_limit: RateLimit | None = None  # a token bucket per client; None: no limit
+    trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For entry names the client
 
 
 def default_models_dir() -> Path:
@@ -203,6 +216,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     raw_policy = env.get("GAN_VERSION_POLICY")
     policy = DEFAULT_VERSION_POLICY if raw_policy is None else parse_version_policy(raw_policy)
+    api_tokens, auth_exempt, rate_limit, proxy_hops = security_settings(env)
 
     return Settings(
         models_dir=Path(text("GAN_MODELS_DIR", str(default_models_dir()))),
@@ -225,4 +239,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         client_timeout=integer("GAN_CLIENT_TIMEOUT", 10, 1),
         metrics_dir=metrics_dir,
         log_format=log_format,
+        api_tokens=api_tokens,
+        auth_exempt=auth_exempt,
+        rate_limit=rate_limit,
+        trusted_proxy_hops=proxy_hops,
     )
+
+
+def security_settings(
+    env: Mapping[str, str],
+) -> tuple[tuple[str, ...], frozenset[str], RateLimit | None, int]:
+    """GAN_API_TOKEN or GAN_API_TOKEN_FILE, GAN_AUTH_EXEMPT, GAN_RATE_LIMIT and
+    GAN_TRUSTED_PROXY_HOPS; no message names a token."""
+    raw_tokens, token_file = env.get("GAN_API_TOKEN"), env.get("GAN_API_TOKEN_FILE")
+    try:
+        if raw_tokens is not None and token_file is not None:
+            raise ValueError("set GAN_API_TOKEN or GAN_API_TOKEN_FILE, not both")
+        tokens: tuple[str, ...] = ()
+        if raw_tokens is not None:
+            tokens = tokens_from_variable(raw_tokens)
+        elif token_file is not None:
+            if not token_file.strip():
+                raise ValueError("GAN_API_TOKEN_FILE must not be empty")
+            tokens = tokens_from_file(Path(token_file.strip()))
+        exempt = parse_exempt(env.get("GAN_AUTH_EXEMPT", DEFAULT_EXEMPT))
+        rate_limit = parse_rate_limit(env.get("GAN_RATE_LIMIT", "off"))
+        hops = parse_proxy_hops(env.get("GAN_TRUSTED_PROXY_HOPS", "0"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return tokens, exempt, rate_limit, hops

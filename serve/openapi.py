@@ -567,3 +567,56 @@ def _v2_paths(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
         "/v2/models/{name}/infer": {"parameters": [name], **infer},
         "/v2/models/{name}/versions/{version}/infer": {"parameters": [name, version], **infer},
     }
+
+
+# --- Authentication and rate limit (serve/auth.py, serve/ratelimit.py) ---------------------
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": (
+        "GAN_API_TOKEN or GAN_API_TOKEN_FILE: one of the configured tokens, as "
+        "`Authorization: Bearer <token>`."
+    ),
+}
+
+
+def add_security(
+    spec: dict[str, Any], exempt: frozenset[str], auth: bool, rate_limit: str | None
+) -> dict[str, Any]:
+    """The document with the service's auth and rate limit as configured: the bearer scheme,
+    ``security`` and a 401 on every operation outside the ``exempt`` paths when ``auth``, a 429
+    with Retry-After on them when ``rate_limit`` (its description). Unchanged when both are off."""
+    if not auth and rate_limit is None:
+        return spec
+    paths = {}
+    for path, item in spec["paths"].items():
+        if path in exempt:
+            paths[path] = item
+            continue
+        error = _v2_error if path == "/v2" or path.startswith("/v2/") else _error
+        extra: dict[str, Any] = {}
+        if auth:
+            extra["401"] = error(
+                "missing_token: no Authorization: Bearer header; invalid_token: not one of the "
+                "configured tokens. WWW-Authenticate names the realm (and the error)."
+            ) | {"headers": {"WWW-Authenticate": {"schema": _STR}}}
+        if rate_limit is not None:
+            extra["429"] = error(f"rate_limited: more than {rate_limit} for this client.") | {
+                "headers": {
+                    "Retry-After": {"description": "Whole seconds to wait (>= 1).", "schema": _INT}
+                }
+            }
+        item = dict(item)
+        for method in _METHODS:
+            if method in item:
+                operation = item[method] | {"responses": item[method]["responses"] | extra}
+                if auth:
+                    operation["security"] = [{"bearer": []}]
+                item[method] = operation
+        paths[path] = item
+    spec = spec | {"paths": paths}
+    if auth:
+        spec["components"] = spec["components"] | {"securitySchemes": {"bearer": BEARER_SCHEME}}
+    return spec
