@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import click
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -41,7 +42,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if name not in VARIABLES:
             raise ConfigError(f"unknown setting {name!r}; known: {', '.join(VARIABLES)}")
         env[name] = str(value)
-    settings = load_settings(env)
+    settings = load_settings(env)  # refuses FLASK_DEBUG too
+    _refuse_debugger()
     configure_logging(settings.log_level)
     tune_malloc()
 
@@ -74,6 +76,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # whether the worker is ready (one that is not leaves new connections to the others).
     app.tick = app.extensions["gan"].registry.tick  # type: ignore[attr-defined]
     return app
+
+
+def _refuse_debugger() -> None:
+    """Refuse ``flask run --debugger``: Werkzeug's debugger runs code sent to it."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.params.get("debugger"):
+        raise ConfigError(
+            "flask run --debugger wraps the app in the Werkzeug debugger, which runs code sent "
+            "to it; the service never runs with it: drop --debugger"
+        )
 
 
 def configure_logging(level: str) -> None:

@@ -216,6 +216,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     raw_policy = env.get("GAN_VERSION_POLICY")
     policy = DEFAULT_VERSION_POLICY if raw_policy is None else parse_version_policy(raw_policy)
+    check_no_debug(env)
     api_tokens, auth_exempt, rate_limit, proxy_hops = security_settings(env)
 
     return Settings(
@@ -244,6 +245,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit=rate_limit,
         trusted_proxy_hops=proxy_hops,
     )
+
+
+def check_no_debug(env: Mapping[str, str]) -> None:
+    """Refuse FLASK_DEBUG: Flask's debug mode, and under ``flask run`` the Werkzeug debugger,
+    which runs code sent to it, are never on in this service."""
+    raw = env.get("FLASK_DEBUG")
+    if raw and raw.strip().lower() not in ("0", "false", "no"):
+        raise ConfigError(
+            f"FLASK_DEBUG={raw} (or flask --debug) would turn on Flask's debug mode and with "
+            "flask run the Werkzeug debugger, which runs code sent to it; the service never "
+            "runs in debug mode: unset FLASK_DEBUG, drop --debug"
+        )
 
 
 def security_settings(
