@@ -1,31 +1,32 @@
-"""Checkpoints: written atomically (temp file, fsync, rename), read with clear errors."""
+"""Checkpoints: written atomically (temp file, fsync, rename, fsync of the directory), read
+with clear errors."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import torch
 
 from train.errors import TrainError
+from train.files import atomic_write
 
 FORMAT = "gan-checkpoint/1"
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write state to path so that a reader sees the old file or the new one, never half."""
+    """Write state to path atomically: a reader sees the old checkpoint or the new one, never half.
+
+    A write that fails (a full disk) is a TrainError and keeps the previous checkpoint.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    buffer = io.BytesIO()  # serialised first, so a failing disk is one OSError, not torch's
+    torch.save({"format": FORMAT, **state}, buffer)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, buffer.getbuffer())
+    except OSError as e:
+        kept = "; the previous checkpoint is kept" if path.exists() else ""
+        raise TrainError(f"cannot save the checkpoint {path}: {e.strerror or e}{kept}") from None
 
 
 def load_checkpoint(path: Path) -> dict:
