@@ -1,10 +1,13 @@
-"""Command line: `python -m train {fit,export,sample,evaluate,classifier}`; user errors: one line, exit 2."""
+"""Command line: `python -m train {fit,export,sample,evaluate,classifier}`; user errors: one line, exit 2;
+Ctrl-C or SIGTERM: one line, exit 130."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import threading
 from dataclasses import fields
 from pathlib import Path
 
@@ -210,13 +213,26 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C, so that what a command was writing is cleaned up as it stops."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals go there only
+    previous = signal.signal(signal.SIGTERM, interrupt) if in_main_thread else None
     try:
         return run_command(args)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a training loop, which says itself what it saved
+        print("interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

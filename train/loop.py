@@ -4,7 +4,11 @@ A run directory holds config.json, checkpoint.pt (rewritten atomically each epoc
 end and on Ctrl-C or SIGTERM), samples/epoch_NNNN.png (fixed seeds), metrics.csv and loss.png.
 Only one run may use a directory at a time. Resuming is exact: the data order of each epoch
 is a function of (seed, epoch), and the noise generator's state, the optimizers and the
-step counter live in the checkpoint.
+step counter live in the checkpoint, which is only ever taken between two steps (a signal
+during a step stops the run after it). So a run stopped by Ctrl-C or SIGTERM and resumed
+ends bit-identical to one never stopped, and so does one killed outright (SIGKILL, a crash,
+a power cut), which loses the steps since the last epoch's checkpoint and redoes them;
+metrics.csv drops the rows of steps the checkpoint does not hold when a run resumes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import copy
 import csv
 import fcntl
+import io
 import json
 import os
 import signal
@@ -32,6 +37,7 @@ from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import ImageSet, load_dataset
 from train.errors import TrainError
+from train.files import atomic_write, remove_temporaries
 from train.images import save_grid
 from train.models import Discriminator, Generator, ModelSpec, check_spec
 
@@ -56,21 +62,55 @@ def run_lock(out: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (kill, a scheduler's preemption) like Ctrl-C, so the checkpoint is saved."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (kill, a scheduler's preemption) as KeyboardInterrupt,
+    except during a training step: a signal that arrives inside one takes effect when the step
+    (and its epoch's checkpoint, at an epoch's end) is over, so the checkpoint saved on the way
+    out never holds half a step. A second signal inside the same step stops at once, and the
+    step is marked torn: nothing is saved then, the last checkpoint stays.
+    """
 
-    def interrupt(signum: int, frame: object) -> None:
+    def __init__(self) -> None:
+        self.stepping = False  # inside step()
+        self.pending = False  # a signal arrived during this step
+        self.torn = False  # a KeyboardInterrupt was raised in the middle of a step
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The signal handler."""
+        if self.stepping and not self.pending:
+            self.pending = True
+            # os.write, not print: the handler may run while the main thread is printing.
+            os.write(2, b"\nstopping after this step (a second signal stops at once)\n")
+            return
+        if self.stepping:
+            self.torn = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """One training step with its logging and, at an epoch's end, its checkpoint, during
+        which a first signal waits."""
+        self.stepping = True
+        try:
+            yield
+        finally:
+            self.stepping = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle SIGINT and SIGTERM while the block runs (only the main thread gets signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def pick_device(name: str) -> torch.device:
@@ -355,11 +395,16 @@ def fit(
     """Train (or resume) a run into cfg.out; returns the run directory."""
     out = Path(cfg.out)
     check_writable(out)
-    with run_lock(out), sigterm_as_interrupt():
-        return _fit(cfg, out, resume, progress, command)
+    with run_lock(out), StopSignals().installed() as stops:
+        # Under the lock no other run writes here: a temporary file is a dead run's.
+        for directory in (out, out / "samples"):
+            remove_temporaries(directory)
+        return _fit(cfg, out, resume, progress, command, stops)
 
 
-def _fit(cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str | None) -> Path:
+def _fit(
+    cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str | None, stops: StopSignals
+) -> Path:
     ckpt_path = out / "checkpoint.pt"
     state = None
     if resume:
@@ -391,7 +436,8 @@ def _fit(cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str
         if ModelSpec(**state["spec"]) != spec:
             raise TrainError(f"{ckpt_path} was trained with {state['spec']}, not {spec.to_dict()}")
         run.load(state)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    saved_step = run.step if state is not None else None  # the step checkpoint.pt holds
+    atomic_write(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
 
     images = torch.from_numpy(data.images).to(device)
     labels = torch.from_numpy(data.labels).to(device) if spec.num_classes else None
@@ -400,51 +446,78 @@ def _fit(cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str
         raise TrainError(f"the dataset has {len(data)} images, fewer than one batch ({cfg.batch_size})")
     total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
     sample_seeds = list(range(cfg.sample_count))
-    metrics = MetricsLog(out / "metrics.csv")
+    metrics = MetricsLog(out / "metrics.csv", run.step)
     bar = tqdm(total=total, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True)
     order, order_epoch = None, -1
     window, t0 = [], time.perf_counter()
     try:
         while run.step < total:
-            epoch, i = divmod(run.step, per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(cfg.seed, epoch, len(data)).to(device), epoch
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            real = images[idx].float().div_(255.0)
-            stats = run.train_step(real, labels[idx] if labels is not None else None)
-            window.append(stats)
-            end_of_epoch = run.step % per_epoch == 0
-            if run.step % cfg.log_every == 0 or end_of_epoch or run.step == total:
-                row = metrics.add(run.step, run.step / per_epoch, window, cfg.batch_size, t0)
-                bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")})
-                window, t0 = [], time.perf_counter()
-            bar.update(1)
-            if end_of_epoch:
-                run.settle_ema()
-                save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
-                save_checkpoint(run.state(), ckpt_path)
-    except KeyboardInterrupt:
-        # A second Ctrl-C during the save leaves the previous checkpoint: writes are atomic.
+            with stops.step():
+                epoch, i = divmod(run.step, per_epoch)
+                if epoch != order_epoch:
+                    order, order_epoch = epoch_order(cfg.seed, epoch, len(data)).to(device), epoch
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                real = images[idx].float().div_(255.0)
+                stats = run.train_step(real, labels[idx] if labels is not None else None)
+                window.append(stats)
+                end_of_epoch = run.step % per_epoch == 0
+                if run.step % cfg.log_every == 0 or end_of_epoch or run.step == total:
+                    row = metrics.add(run.step, run.step / per_epoch, window, cfg.batch_size, t0)
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")})
+                    window, t0 = [], time.perf_counter()
+                bar.update(1)
+                if end_of_epoch:
+                    run.settle_ema()
+                    save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
+                    save_checkpoint(run.state(), ckpt_path)
+                    saved_step = run.step
         run.settle_ema()
         save_checkpoint(run.state(), ckpt_path)
-        raise Interrupted(f"interrupted at step {run.step}; resume with --resume") from None
+        saved_step = run.step
+        save_grid(run.samples(sample_seeds), out / "samples" / "final.png")
+        plot_losses(out / "metrics.csv", out / "loss.png")
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted(run, ckpt_path, saved_step, stops.torn)) from None
     finally:
         bar.close()
-    run.settle_ema()
-    save_checkpoint(run.state(), ckpt_path)
-    save_grid(run.samples(sample_seeds), out / "samples" / "final.png")
-    plot_losses(out / "metrics.csv", out / "loss.png")
     return out
+
+
+def interrupted(run: Run, ckpt_path: Path, saved_step: int | None, torn: bool) -> str:
+    """Save what a stopped run holds, if it is whole and new; the message that says what was kept."""
+    if torn:
+        if saved_step is None:
+            return "stopped at once, before the first checkpoint: nothing to resume"
+        return f"stopped at once: the checkpoint at step {saved_step} is kept; resume with --resume"
+    if run.step == 0 and saved_step is None:
+        return "interrupted before the first step: nothing to resume"
+    if run.step != saved_step:
+        # A second signal during this save leaves the previous checkpoint: writes are atomic.
+        run.settle_ema()
+        save_checkpoint(run.state(), ckpt_path)
+    return f"interrupted at step {run.step}; resume with --resume"
 
 
 class MetricsLog:
     """Appends averaged training statistics to a CSV file (kept across resumes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, step: int = 0):
+        """Open the log of a run at ``step``: rows of later steps are dropped.
+
+        A run killed after its last checkpoint logged steps it will redo when resumed, and its
+        last row may be cut short; a new run (step 0) starts an empty log.
+        """
         self.path = path
-        if not path.exists():
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(METRIC_FIELDS)
+        kept: list[list[str]] = []
+        if path.exists():
+            text = path.read_text()
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+            kept = [r for r in rows[1:] if len(r) == len(METRIC_FIELDS) and all(r) and _step(r) <= step]
+            if rows[:1] == [METRIC_FIELDS] and len(kept) == len(rows) - 1 and text.endswith("\n"):
+                return  # nothing to drop: keep the file as it is
+        text = io.StringIO()
+        csv.writer(text).writerows([METRIC_FIELDS, *kept])
+        atomic_write(path, text.getvalue().encode())
 
     def add(self, step: int, epoch: float, window: list[dict], batch: int, t0: float) -> dict:
         row = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]}
@@ -453,6 +526,14 @@ class MetricsLog:
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([row[k] for k in METRIC_FIELDS])
         return row
+
+
+def _step(row: list[str]) -> float:
+    """The step of a metrics.csv row; infinite for a row that is not whole."""
+    try:
+        return int(row[0])
+    except ValueError:
+        return float("inf")
 
 
 def plot_losses(metrics_csv: Path, out_png: Path) -> None:
