@@ -1,14 +1,18 @@
 """Export a trained generator to the model repository: models/<name>/<version>/.
 
-The version directory is built under a hidden temporary name beside its target and
-renamed into place only after onnxruntime agrees with torch, so the service never sees a
-half-written or wrong version. The layout and model.json are described in
+The version directory is built under a hidden temporary name beside its target (the service
+skips hidden entries), fsynced, and renamed into place only after onnxruntime agrees with
+torch, so the service never sees a half-written or wrong version, even after a kill, a full
+disk or a power cut. Exports of one model take turns (a lock on its directory); each removes
+the temporary directories that dead exports left. The layout and model.json are described in
 docs/model-format.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -16,6 +20,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +30,13 @@ from serve import latent
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.errors import TrainError
+from train.files import fsync_directory, fsync_file
 from train.models import Generator, ModelSpec
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PARITY_SEEDS = list(range(8))
 FORMAT = 1
+STAGING_PREFIX = ".tmp-"  # export's temporary directories: hidden, so never taken for a version
 
 
 def checkpoint_path(run: Path) -> Path:
@@ -194,31 +201,82 @@ def export(
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"cannot create {model_dir}: {e.strerror}") from None
-    version = version or next_version(model_dir)
+    with export_lock(model_dir):
+        remove_stale_staging(model_dir)
+        target = publish(G, state, model_dir, name, version or next_version(model_dir), opset,
+                         tolerance, metrics, temperature)
+    return target
+
+
+@contextlib.contextmanager
+def export_lock(model_dir: Path) -> Iterator[None]:
+    """Hold models/<name> exclusively (a lock on the directory itself, no file added to it):
+    one export of a model at a time, so versions are numbered in turn and every temporary
+    directory found while holding it is a dead export's."""
+    fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_staging(model_dir: Path) -> list[Path]:
+    """Delete the temporary directories of exports that died (killed, a crash) before renaming.
+
+    The service never reads them (hidden names are not versions); this only frees the space.
+    Call with export_lock held.
+    """
+    stale = [p for p in model_dir.glob(f"{STAGING_PREFIX}*") if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def publish(
+    G: torch.nn.Module, state: dict, model_dir: Path, name: str, version: int, opset: int,
+    tolerance: float, metrics: dict, temperature: float,
+) -> Path:
+    """Build model_dir/version in a hidden temporary directory beside it and rename it into place.
+
+    Both files and the directory are fsynced before the rename and the parent after it, so a
+    crash or a power cut leaves the whole version or none. Any failure (a full disk, parity,
+    a kill that Python sees) removes the temporary directory; nothing is published.
+    """
     target = model_dir / str(version)
     if target.exists():
         raise TrainError(f"{target} already exists: versions are never overwritten")
     try:
-        tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
+        tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=f"{STAGING_PREFIX}{version}-"))
     except OSError as e:
         raise TrainError(f"cannot write to {model_dir}: {e.strerror}") from None
     try:
-        onnx_path = tmp / "model.onnx"
-        export_onnx(G, onnx_path, opset)
-        diff = parity(G, onnx_path, PARITY_SEEDS)
-        if not diff <= tolerance:
-            raise TrainError(
-                f"onnxruntime differs from torch by {diff:.3g} (> tolerance {tolerance:g}); "
-                "not published"
-            )
-        meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics, temperature)
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
         try:
-            os.rename(tmp, target)  # atomic; fails if another export took the version
+            onnx_path = tmp / "model.onnx"
+            export_onnx(G, onnx_path, opset)
+            diff = parity(G, onnx_path, PARITY_SEEDS)
+            if not diff <= tolerance:
+                raise TrainError(
+                    f"onnxruntime differs from torch by {diff:.3g} (> tolerance {tolerance:g}); "
+                    "not published"
+                )
+            meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics, temperature)
+            with (tmp / "model.json").open("w") as f:
+                f.write(json.dumps(meta, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_file(onnx_path)
+            os.chmod(tmp, 0o755)
+            fsync_directory(tmp)
+        except OSError as e:
+            raise TrainError(f"cannot write {name} version {version} in {model_dir}: "
+                             f"{e.strerror or e}; nothing was published") from None
+        try:
+            os.rename(tmp, target)  # atomic; fails if the version appeared meanwhile
         except OSError:
             raise TrainError(f"{target} already exists: versions are never overwritten") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync_directory(model_dir)
     return target
