@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -43,6 +45,10 @@ EXEMPT_GROUPS: dict[str, tuple[str, ...]] = {
     "openapi": ("/openapi.json",),
 }
 DEFAULT_EXEMPT = "health,metrics,openapi"
+
+log = logging.getLogger(__name__)
+# Each token file's tokens when last read, and the pid of the process that read them.
+_token_files: dict[str, tuple[int, tuple[str, ...]]] = {}
 
 
 def parse_tokens(items: Iterable[tuple[str, str]]) -> tuple[str, ...]:
@@ -93,6 +99,30 @@ def tokens_from_file(path: Path) -> tuple[str, ...]:
     if not items:
         raise ValueError(f"GAN_API_TOKEN_FILE {path} holds no token (only blank lines or comments)")
     return parse_tokens(items)
+
+
+def load_token_file(path: Path) -> tuple[str, ...]:
+    """GAN_API_TOKEN_FILE's tokens for this process, read by :func:`tokens_from_file`.
+
+    The gunicorn master reads the file at start and at each HUP; the workers it forks take the
+    tokens it read (so every worker has the same ones) instead of reading the file again. A
+    file that has become unreadable or invalid when read again (a HUP) is logged as an error and
+    the tokens read before are kept: a mistake in it does not stop the service. At the first
+    read it is a ValueError, which stops the start.
+    """
+    key = str(path)
+    earlier = _token_files.get(key)
+    if earlier is not None and earlier[0] != os.getpid():
+        return earlier[1]  # forked from the process that read them: the master's tokens
+    try:
+        tokens = tokens_from_file(path)
+    except ValueError as e:
+        if earlier is None:
+            raise
+        log.error("%s; keeping the %d tokens read from it before", e, len(earlier[1]))
+        tokens = earlier[1]
+    _token_files[key] = (os.getpid(), tokens)
+    return tokens
 
 
 def parse_exempt(raw: str) -> frozenset[str]:

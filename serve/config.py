@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.auth import DEFAULT_EXEMPT, parse_exempt, tokens_from_file, tokens_from_variable
+from serve.auth import DEFAULT_EXEMPT, load_token_file, parse_exempt, tokens_from_variable
 from serve.ratelimit import RateLimit, parse_proxy_hops, parse_rate_limit
 
 PREFIX = "GAN_"
@@ -274,7 +274,7 @@ def security_settings(
         elif token_file is not None:
             if not token_file.strip():
                 raise ValueError("GAN_API_TOKEN_FILE must not be empty")
-            tokens = tokens_from_file(Path(token_file.strip()))
+            tokens = load_token_file(Path(token_file.strip()))
         exempt = parse_exempt(env.get("GAN_AUTH_EXEMPT", DEFAULT_EXEMPT))
         rate_limit = parse_rate_limit(env.get("GAN_RATE_LIMIT", "off"))
         hops = parse_proxy_hops(env.get("GAN_TRUSTED_PROXY_HOPS", "0"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import subprocess
 import time
@@ -16,7 +17,13 @@ from openapi_spec_validator import validate
 from tiny_models import LATENT, write_repository
 
 from serve.app import create_app
-from serve.auth import TokenChecker, parse_exempt, tokens_from_file, tokens_from_variable
+from serve.auth import (
+    TokenChecker,
+    load_token_file,
+    parse_exempt,
+    tokens_from_file,
+    tokens_from_variable,
+)
 from serve.config import ConfigError, load_settings
 
 OLD = "old-token-0123456789abcdef"
@@ -137,18 +144,31 @@ def test_openapi_documents_the_bearer_scheme(server: Server) -> None:
     validate(spec)
     assert spec["components"]["securitySchemes"]["bearer"]["type"] == "http"
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    protected = {
+        "/generate", "/models", "/models/{name}", "/v2", "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }
+    assert protected <= set(spec["paths"])
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
                 continue
-            if path in OPEN:
-                assert "security" not in operation, path
+            if "security" not in operation:
+                # Documented as open: it must be, and hold no 401.
+                assert path not in protected, path
                 assert "401" not in operation["responses"], path
-            else:
-                assert operation["security"] == [{"bearer": []}], path
-                error = operation["responses"]["401"]["content"]["application/json"]["schema"]
-                expected = "V2Error" if path.startswith("/v2") else "Error"
-                assert error["$ref"] == f"#/components/schemas/{expected}", path
+                if "{" not in path and method == "get":
+                    assert call(server, "get", path).status_code != 401, path
+                continue
+            assert path not in OPEN, path
+            assert operation["security"] == [{"bearer": []}], path
+            error = operation["responses"]["401"]["content"]["application/json"]["schema"]
+            expected = "V2Error" if path.startswith("/v2") else "Error"
+            assert error["$ref"] == f"#/components/schemas/{expected}", path
+            if "{" not in path and method == "get":
+                assert call(server, "get", path).status_code == 401, path
 
 
 def test_tokens_are_never_logged(server: Server) -> None:
@@ -211,6 +231,25 @@ def test_token_file_exempt_groups_and_reread_on_hup(
         assert call(server, "get", "/models", token=FILE_B).status_code == 200
         assert call(server, "get", "/models", token=FILE_A).status_code == 401
     assert server.process.poll() is None
+
+    # A file broken before a HUP is logged, and the tokens read before are kept: no outage.
+    before = call(server, "get", "/healthz").json()["pid"]
+    path.write_text("# emptied by mistake\n")
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + WAIT
+    while server.process.poll() is None and time.monotonic() < deadline:
+        try:
+            if call(server, "get", "/healthz").json()["pid"] != before:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)  # polling interval while the new worker starts
+    assert server.process.poll() is None
+    assert call(server, "get", "/healthz").json()["pid"] != before
+    assert call(server, "get", "/models", token=FILE_C).status_code == 200
+    assert call(server, "get", "/models", token=FILE_A).status_code == 401
+    assert "holds no token (only blank lines or comments); keeping the 2 tokens read from it " \
+        "before" in server.log_path.read_text(errors="replace")
 
 
 SHORT = "short-token"
@@ -281,6 +320,37 @@ def test_token_file_parsing(tmp_path: Path) -> None:
     path.write_text(f"{FILE_A} {FILE_B}\n")
     with pytest.raises(ValueError, match="line 1 has characters"):
         tokens_from_file(path)
+
+
+def _tokens_in_child(path: Path, results: multiprocessing.Queue) -> None:
+    results.put(load_token_file(path))
+
+
+def test_token_file_read_again_keeps_the_last_good_tokens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("")
+    with pytest.raises(ValueError, match="holds no token"):
+        load_token_file(path)  # the first read: a bad file stops the start
+    write_token_file(path, FILE_A)
+    assert load_token_file(path) == (FILE_A,)
+    path.write_text(f"{SHORT}\n")
+    assert load_token_file(path) == (FILE_A,)  # read again (a HUP): broken, so kept
+    assert "line 1 is 11 characters long" in caplog.text
+    assert "keeping the 1 tokens read from it before" in caplog.text
+    assert SHORT not in caplog.text and FILE_A not in caplog.text
+    write_token_file(path, FILE_B)
+    assert load_token_file(path) == (FILE_B,)
+    # A forked worker takes what its master read, even if the file changed since.
+    write_token_file(path, FILE_C)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_tokens_in_child, args=(path, results))
+    child.start()
+    assert results.get(timeout=60) == (FILE_B,)
+    child.join(timeout=60)
+    assert child.exitcode == 0
 
 
 def test_exempt_parsing() -> None:
