@@ -58,10 +58,13 @@ def grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / ncol), ncol
 
 
-def grid(tiles: np.ndarray, padding: int = GRID_PADDING) -> np.ndarray:
-    """Tiles [n, H, W, C] laid out row-major in one image, ``padding`` px around every tile."""
+def grid(tiles: np.ndarray, padding: int = GRID_PADDING, ncol: int | None = None) -> np.ndarray:
+    """Tiles [n, H, W, C] laid out row-major in one image, ``padding`` px around every tile.
+
+    ``ncol`` columns (``n`` of them: a strip in one row), by default those of :func:`grid_shape`.
+    """
     n, height, width, channels = tiles.shape
-    nrow, ncol = grid_shape(n)
+    nrow, ncol = grid_shape(n) if ncol is None else (math.ceil(n / ncol), ncol)
     out = np.zeros(
         (nrow * (height + padding) + padding, ncol * (width + padding) + padding, channels),
         dtype=np.uint8,
