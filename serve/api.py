@@ -21,9 +21,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from serve import imaging, latent, metrics
 from serve.config import Settings
-from serve.errors import ApiError
+from serve.errors import ApiError, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
+from serve.redact import hide_paths
 from serve.registry import ModelVersions, Registry
 from serve.repository import ModelSpec
 from serve.schema import parse_json, parse_query, validate
@@ -110,9 +111,16 @@ def get_model(name: str) -> Any:
     """One model: its default version's summary and every servable version's model.json."""
     models = state().registry.describe()
     if name not in models:
-        raise ApiError(404, "unknown_model", f"unknown model {name!r}; served: {', '.join(models)}")
+        raise ApiError(
+            404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(models)}"
+        )
     model = models[name]
-    return _summary(model) | {"metadata": [spec.meta for spec in model.specs.values()]}
+    # model.json records where training ran (data and run directories, the commands): shown
+    # only with GAN_SHOW_PATHS=on.
+    metadata = [spec.meta for spec in model.specs.values()]
+    if not state().settings.show_paths:
+        metadata = [hide_paths(meta) for meta in metadata]
+    return _summary(model) | {"metadata": metadata}
 
 
 @bp.get("/openapi.json")
@@ -137,7 +145,8 @@ def generate_post() -> Response:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"POST /generate takes Content-Type: application/json, got {request.mimetype or 'none'}",
+            "POST /generate takes Content-Type: application/json, got "
+            + (shown(request.mimetype) if request.mimetype else "none"),
         )
     body = parse_json(request.get_data(cache=False))
     validate(body, state().request_schema)
@@ -373,6 +382,6 @@ def _labels(
         raise ApiError(
             422,
             "label_out_of_range",
-            f"labels must be in [0, {count}) for model {spec.name}, got {bad[0]}",
+            f"labels must be in [0, {count}) for model {spec.name}, got {shown(bad[0])}",
         )
     return np.asarray(values, dtype=np.int64)

@@ -33,6 +33,7 @@ VARIABLES = (
     "GAN_CLIENT_TIMEOUT",
     "GAN_METRICS_DIR",
     "GAN_LOG_FORMAT",
+    "GAN_SHOW_PATHS",
     "GAN_API_TOKEN",
     "GAN_API_TOKEN_FILE",
     "GAN_AUTH_EXEMPT",
@@ -141,6 +142,7 @@ class Settings:
     client_timeout: int  # seconds a client has to send a whole request (and to read a response)
     metrics_dir: Path | None = None  # Prometheus multiprocess files; None: a fresh one per start
     log_format: str = "json"  # access lines: "json" (one object per line) or gunicorn's "text"
+    show_paths: bool = False  # local paths of model.json's training record in /models/<name>
     # Bearer tokens any of which a request needs (empty: auth off); never in a repr or a log.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     auth_exempt: frozenset[str] = parse_exempt(DEFAULT_EXEMPT)  # route groups open without one
@@ -240,6 +242,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         client_timeout=integer("GAN_CLIENT_TIMEOUT", 10, 1),
         metrics_dir=metrics_dir,
         log_format=log_format,
+        show_paths=switch("GAN_SHOW_PATHS", "off"),
         api_tokens=api_tokens,
         auth_exempt=auth_exempt,
         rate_limit=rate_limit,

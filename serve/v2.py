@@ -17,11 +17,12 @@ from flask import Blueprint, Response, jsonify, request
 
 from serve import metrics
 from serve.api import state
-from serve.errors import ApiError
+from serve.errors import ApiError, clip, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.model import Generator
 from serve.openapi import API_VERSION, NAME_HEADER, VERSION_HEADER
 from serve.repository import ModelSpec
+from serve.schema import JsonBodyError, is_integer, load_json
 
 bp = Blueprint("v2", __name__)
 
@@ -69,12 +70,14 @@ def model_metadata(name: str, version: str | None = None) -> Any:
     models = state().registry.describe()
     model = models.get(name)
     if model is None:
-        raise ApiError(404, "unknown_model", f"unknown model {name!r}; served: {', '.join(models)}")
+        raise ApiError(
+            404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(models)}"
+        )
     number = model.default_version if version is None else _version_number(name, version)
     spec = model.specs.get(number)
     if spec is None:
         raise ApiError(
-            404, "unknown_version", f"model {name!r} has no version {version}; "
+            404, "unknown_version", f"model {shown(name)} has no version {clip(str(version))}; "
             f"versions: {list(model.specs)}"
         )
     inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, spec.latent_size]}]
@@ -102,8 +105,8 @@ def _version_number(name: str, text: str) -> int:
     if text.isascii() and text.isdigit() and not text.startswith("0") and len(text) <= 18:
         return int(text)
     if name not in state().registry.names():
-        raise ApiError(404, "unknown_model", f"unknown model {name!r}")
-    raise ApiError(404, "unknown_version", f"model {name!r} has no version {text!r}")
+        raise ApiError(404, "unknown_model", f"unknown model {shown(name)}")
+    raise ApiError(404, "unknown_version", f"model {shown(name)} has no version {shown(text)}")
 
 
 def _resolve(name: str, version: str | None) -> Generator:
@@ -167,7 +170,7 @@ def _split(body: bytes) -> tuple[bytes, memoryview]:
         return body, memoryview(b"")
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise _bad(f"{HEADER_LENGTH} must be a non-negative integer, got {text!r}")
+        raise _bad(f"{HEADER_LENGTH} must be a non-negative integer, got {shown(text)}")
     length = int(text)
     if length > len(body):
         raise _bad(
@@ -180,9 +183,9 @@ def _split(body: bytes) -> tuple[bytes, memoryview]:
 def _parse_header(header: bytes) -> dict[str, Any]:
     """The inference request object, its fields' JSON types checked."""
     try:
-        req = json.loads(header)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise _bad(f"the inference request is not valid JSON: {e}") from None
+        req = load_json(header)
+    except JsonBodyError as e:
+        raise _bad(f"the inference request {e}") from None
     if not isinstance(req, dict):
         raise _bad("the inference request must be a JSON object")
     if "id" in req and not isinstance(req["id"], str):
@@ -227,7 +230,7 @@ def _binary_output(req: dict[str, Any]) -> bool:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise _bad(f"outputs[{i}] must be an object with a string name")
         if out["name"] != "images":
-            raise _bad(f"unknown output {out['name']!r}; the model's only output is 'images'")
+            raise _bad(f"unknown output {shown(out['name'])}; the model's only output is 'images'")
         if i > 0:
             raise _bad("output 'images' is requested more than once")
         where = f"output {out['name']!r}"
@@ -251,34 +254,33 @@ def _inputs(
         name = tensor["name"]
         if name not in wanted:
             raise _bad(
-                f"model {spec.name} version {spec.version} has no input {name!r}; its inputs: "
+                f"model {spec.name} version {spec.version} has no input {shown(name)}; its inputs: "
                 + ", ".join(f"{k} ({v})" for k, v in wanted.items())
             )
         if name in found:
             raise _bad(f"input {name!r} is given more than once")
         datatype = tensor.get("datatype")
         if datatype != wanted[name]:
-            raise _bad(f"input {name!r} must have datatype {wanted[name]}, got {datatype!r}")
-        shape = tensor.get("shape")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or not all(type(d) is int and 0 <= d <= _INT64_MAX for d in shape)
-        ):
+            raise _bad(
+                f"input {name!r} must have datatype {wanted[name]}, got {shown(datatype)}"
+            )
+        shape = _integers(tensor.get("shape"))
+        if shape is None or not shape:
             raise _bad(f"input {name!r}: shape must be a non-empty array of non-negative integers")
         _check_shape(name, shape, spec, max_samples, found)
         params = _parameters(tensor.get("parameters"), f"input {name!r}")
         dtype = _DTYPES[datatype]
         if "binary_data_size" in params:
-            size = params["binary_data_size"]
-            if type(size) is not int or size < 0:
+            sizes = _integers([params["binary_data_size"]])
+            if sizes is None:
                 raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+            size = sizes[0]
             if "data" in tensor:
                 raise _bad(f"input {name!r} has both data and binary_data_size")
             need = int(np.prod(shape)) * dtype.itemsize
             if size != need:
                 raise _bad(
-                    f"input {name!r}: binary_data_size is {size}, but {datatype} {shape} "
+                    f"input {name!r}: binary_data_size is {size}, but {datatype} {shown(shape)} "
                     f"takes {need} bytes"
                 )
             if offset + size > len(binary):
@@ -329,7 +331,7 @@ def _check_shape(
         if len(shape) != 2 or shape[1] != spec.latent_size or shape[0] < 1:
             raise _bad(
                 f"input 'z' must have shape [n, {spec.latent_size}] with 1 <= n <= "
-                f"{max_samples}, got {shape}"
+                f"{max_samples}, got {shown(shape)}"
             )
         if shape[0] > max_samples:
             raise _bad(
@@ -340,7 +342,7 @@ def _check_shape(
         n_other = None if other is None else other[0][0]
     else:
         if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-            raise _bad(f"input 'labels' must have shape [n] or [n, 1], got {shape}")
+            raise _bad(f"input 'labels' must have shape [n] or [n, 1], got {shown(shape)}")
         other = found.get("z")
         n_other = None if other is None else other[0][0]
         if n_other is None and shape[0] > max_samples:
@@ -360,6 +362,8 @@ def _from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndar
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):  # ragged, too deep
         array = None
+    if array is not None and datatype == "INT64" and array.dtype.kind == "f":
+        array = _integral(array)  # 1.0 is an integer in JSON Schema: take it as 1
     kinds = "iuf" if datatype == "FP32" else "iu"
     if array is None or array.dtype.kind not in kinds:
         what = "numbers" if datatype == "FP32" else "integers"
@@ -367,7 +371,7 @@ def _from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndar
     count = int(np.prod(shape))
     if array.size != count or (array.ndim != 1 and list(array.shape) != shape):
         raise _bad(
-            f"input {name!r}: data has shape {list(array.shape)}, not {shape} or {count} "
+            f"input {name!r}: data has shape {shown(list(array.shape))}, not {shown(shape)} or {count} "
             "values flat"
         )
     if datatype == "FP32":
@@ -376,3 +380,22 @@ def _from_json(name: str, data: Any, shape: list[int], datatype: str) -> np.ndar
     if array.dtype.kind == "u" and array.size and array.max() > _INT64_MAX:
         raise _bad(f"input {name!r}: values beyond INT64")
     return array.astype(np.int64).reshape(shape)
+
+
+def _integers(values: Any) -> list[int] | None:
+    """A JSON array of integers in [0, 2**63 - 1] as ints (``2.0`` is the integer 2, as in
+    JSON Schema), or None if it is anything else."""
+    if not isinstance(values, list) or not all(is_integer(v) for v in values):
+        return None
+    if not all(0 <= v <= _INT64_MAX for v in values):  # an infinity too: a literal too long
+        return None
+    return [int(v) for v in values]
+
+
+def _integral(array: np.ndarray) -> np.ndarray | None:
+    """Float data whose values are all integers within int64, as int64; else None."""
+    with np.errstate(invalid="ignore"):
+        whole = bool(np.all(np.isfinite(array) & (np.floor(array) == array)))
+        if not whole or (array.size and float(np.abs(array).max()) >= 2.0**63):
+            return None
+    return array.astype(np.int64)

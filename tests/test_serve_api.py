@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
-from tiny_models import CLASSES, LATENT, SHAPE
+from tiny_models import CLASSES, LATENT, SHAPE, edit_json
 
 from serve import latent
 from serve.app import create_app
@@ -98,6 +98,30 @@ def test_model_detail_has_every_versions_metadata(client: FlaskClient) -> None:
 
 def test_model_detail_of_unknown_model_is_404(client: FlaskClient) -> None:
     assert_error(client.get("/models/nope"), 404, "unknown_model")
+
+
+TRAINING_RECORD = {
+    "config": {"data": "/home/me/datasets/mnist", "out": "runs/tiny-7", "epochs": 2},
+    "command": "python -m train fit --data /home/me/datasets/mnist --out=runs/tiny-7 --epochs 2",
+    "resumed": ["python -m train fit --out 'runs/tiny 7' --resume"],
+}
+
+
+def test_model_detail_hides_local_paths_unless_told_to_show_them(models_dir: Path) -> None:
+    edit_json(models_dir / "tiny" / "1", lambda meta: meta.update(
+        training=TRAINING_RECORD, metrics={"generator": "runs/tiny-7", "fid": 1.5}
+    ))
+    settings = {"GAN_MODELS_DIR": str(models_dir), "GAN_RELOAD_INTERVAL": "0"}
+    hidden = create_app(settings).test_client().get("/models/tiny").json["metadata"][0]
+    assert hidden["training"] == {
+        "config": {"data": "<hidden>", "out": "<hidden>", "epochs": 2},
+        "command": "python -m train fit --data <hidden> --out=<hidden> --epochs 2",
+        "resumed": ["python -m train fit --out <hidden> --resume"],
+    }
+    assert hidden["metrics"] == {"generator": "<hidden>", "fid": 1.5}
+    assert hidden["classes"] is None and hidden["onnx"]["file"] == "model.onnx"
+    shown = create_app(settings | {"GAN_SHOW_PATHS": "on"}).test_client().get("/models/tiny")
+    assert shown.json["metadata"][0]["training"] == TRAINING_RECORD
 
 
 def test_generate_json_from_seeds(client: FlaskClient) -> None:
@@ -319,14 +343,14 @@ def test_post_generate_errors(
 GET_ERRORS = [
     ("", 422, "missing_field", "missing field 'seed'"),
     ("seed=x", 400, "invalid_type", "seed must be an integer"),
-    ("seed=1&n=2.0", 400, "invalid_type", "n must be an integer"),
+    ("seed=1&n=2.5", 400, "invalid_type", "n must be an integer, got number"),
     ("seed=1&labels=1,x&model=cond", 400, "invalid_type", "labels[1] must be an integer"),
     ("seed=1&seed=2", 422, "duplicate_field", "'seed' appears more than once"),
     ("seed=1&size=3", 422, "unknown_field", "unknown field 'size'"),
     ("seed=1&n=17", 422, "too_many_samples", "n must be <= 16"),
     ("seed=-1", 422, "seed_out_of_range", "seed must be >= 0"),
     ("seed=" + "9" * 30, 422, "seed_out_of_range", "seed must be <= 9223372036854775807"),
-    ("seed=" + "9" * 5000, 400, "invalid_type", "seed must be an integer"),
+    ("seed=" + "9" * 5000, 422, "seed_out_of_range", "seed must be <= 9223372036854775807"),
     ("seed=1&model=cond&labels=7", 422, "label_out_of_range", "[0, 3)"),
     ("seed=1&model=nope", 404, "unknown_model", "nope"),
     ("seed=1&version=3", 404, "unknown_version", "no version 3"),

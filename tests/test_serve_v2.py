@@ -415,7 +415,7 @@ def test_wrong_inputs(client: FlaskClient) -> None:
         ({"inputs": [z_json(z), labels | {"shape": [3], "data": [0, 1, 2]}]}, "cond", "same n"),
         ({"inputs": [z_json(z), labels | {"shape": [2, 2], "data": [0] * 4}]}, "cond", "[n, 1]"),
         ({"inputs": [z_json(z), labels | {"datatype": "INT32"}]}, "cond", "INT64"),
-        ({"inputs": [z_json(z), labels | {"data": [0.0, 1.0]}]}, "cond", "integers"),
+        ({"inputs": [z_json(z), labels | {"data": [0.5, 1.0]}]}, "cond", "integers"),
         ({"inputs": [z_json(z), z_json(z)]}, "tiny", "more than once"),
         ({"inputs": [z_json(z) | {"name": "x"}]}, "tiny", "no input 'x'"),
         ({"inputs": [z_json(z) | {"datatype": "FP16"}]}, "tiny", "FP32"),
