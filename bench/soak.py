@@ -18,14 +18,15 @@ reconnect), sending a mix of requests, every one for new seeds:
 An error is any response other than 2xx or 304, a 200 whose body is not a PNG (GET) or JSON
 (POST), and any connection error (the client reconnects). The warm-up first sends every kind
 of request on a connection to each of the service's workers (its /healthz names the worker),
-then runs the mix for ``--warmup`` seconds. Each worker's PSS, RSS and USS (its private pages;
-all from /proc/PID/smaps_rollup) are sampled after the warm-up, every ``--sample-every``
-seconds and at the end; a worker that exits or is replaced during the soak is reported. The
-exit status is 1 if the service had an error (warm-up included), a worker was replaced, or a
-worker's RSS or USS grew by ``--max-growth`` percent (default 5) or more; else 0 (2: the
-benchmark could not run). PSS is shown but does not decide: it splits shared pages among
-every process mapping them, other jobs' included, so it moves when they start or stop. The
-baseline's figures are for comparison only.
+then runs the mix for ``--warmup`` seconds. Each worker's PSS, RSS and anonymous memory (heap
+and other pages not backed by a file; all from /proc/PID/smaps_rollup) are sampled after the
+warm-up, every ``--sample-every`` seconds and at the end; a worker that exits or is replaced
+during the soak is reported. The exit status is 1 if the service had an error (warm-up
+included), a worker was replaced, or a worker's RSS or anonymous memory grew by
+``--max-growth`` percent (default 5) or more; else 0 (2: the benchmark could not run). PSS is
+shown but does not decide: it splits shared pages among every process mapping them, other
+jobs' included, so it moves when they start or stop. The baseline's figures are for
+comparison only.
 
     python bench/soak.py                                   # 60 s at 32 connections per target
     python bench/soak.py --duration 600 --out out/soak.jsonl
@@ -70,11 +71,12 @@ MODELS = ROOT / "models"
 SIZES = ((1, 0.90), (16, 0.08), (64, 0.02))  # images per request, share of requests
 SEED_STRIDE = 64  # seeds per request slot: no two requests share a seed
 TIMEOUT = 30.0  # seconds a request may take before it counts as a connection error
-MEASURES = ("pss", "rss", "uss")
+MEASURES = {"pss": "PSS", "rss": "RSS", "anon": "anon"}  # key: how tables name it
 # PSS splits each shared page among every process that maps it, the other jobs on the host
-# included, so it moves when they start or exit; RSS and USS (private pages) move only with
-# the worker's own memory, which is what a leak grows.
-GATED = ("rss", "uss")
+# included, so it moves when they start or exit (and so would private-page counts: a library
+# page becomes private when its other users exit). RSS and anonymous memory move only with
+# the worker's own pages; a leak grows both.
+GATED = ("rss", "anon")
 
 
 @dataclass
@@ -234,19 +236,18 @@ def workers(master: int) -> list[int]:
 
 
 def process_memory(pid: int) -> dict[str, float] | None:
-    """One process's PSS, RSS and USS (its private pages) in MiB from smaps_rollup, or None
-    once it has exited."""
+    """One process's PSS, RSS and anonymous memory (its heap and other non-file pages) in MiB
+    from smaps_rollup, or None once it has exited."""
     try:
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
-    keys = ("Pss", "Rss", "Private_Clean", "Private_Dirty")
+    keys = ("Pss", "Rss", "Anonymous")
     found = {key: re.search(rf"^{key}:\s+(\d+) kB", rollup, re.MULTILINE) for key in keys}
     if not all(found.values()):
         return None
     kib = {key: int(match[1]) for key, match in found.items() if match}
-    return {"pss_mib": kib["Pss"] / 1024, "rss_mib": kib["Rss"] / 1024,
-            "uss_mib": (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024}
+    return {"pss_mib": kib["Pss"] / 1024, "rss_mib": kib["Rss"] / 1024, "anon_mib": kib["Anonymous"] / 1024}
 
 
 class Sampler:
@@ -319,7 +320,7 @@ def verdict(errors: int, growth: list[dict[str, Any]], max_growth: float) -> lis
             continue
         for key in GATED:
             if row[f"{key}_growth_pct"] >= max_growth:
-                reasons.append(f"worker {row['pid']} {key.upper()} grew {row[f'{key}_growth_pct']:+.1f}% "
+                reasons.append(f"worker {row['pid']} {MEASURES[key]} grew {row[f'{key}_growth_pct']:+.1f}% "
                                f"(limit {max_growth:g}%)")
     return reasons
 
@@ -351,7 +352,7 @@ def kind_order(kind: str) -> tuple[str, int]:
 def print_memory_table(growth: dict[str, list[dict[str, Any]]]) -> None:
     """Each worker's memory at the start and the end of the soak, and its growth."""
     header = f"{'target':8} {'worker':>8}" + "".join(
-        f" {key.upper() + ' start':>10} {'end':>7} {'growth':>7}" for key in MEASURES) + f" {'RSS max':>8}"
+        f" {MEASURES[key] + ' start':>10} {'end':>7} {'growth':>7}" for key in MEASURES) + f" {'RSS max':>8}"
     print(header + "  (MiB)\n" + "-" * len(header))
     for name, rows in growth.items():
         for row in rows:
@@ -414,7 +415,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of the same load before the first memory sample")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--max-growth", type=float, default=5.0,
-                        help="a service worker's RSS or USS growing by this many percent fails the soak")
+                        help="a service worker's RSS or anonymous memory growing by this many percent "
+                             "fails the soak")
     parser.add_argument("--plain-model", type=Path,
                         help="the version the plain baseline serves (default: the highest mnist-dcgan)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the request mix")
@@ -502,8 +504,8 @@ def _run(args: argparse.Namespace, stack: ExitStack, out: TextIO | None) -> int:
     if reasons:
         print(f"\nFAILED: {'; '.join(reasons)}")
         return 1
-    print(f"\nok: the service had no errors and no worker's RSS or USS grew by {args.max_growth:g}% "
-          f"or more (largest {largest:+.1f}%)")
+    print(f"\nok: the service had no errors and no worker's RSS or anonymous memory grew by "
+          f"{args.max_growth:g}% or more (largest {largest:+.1f}%)")
     return 0
 
 
