@@ -11,6 +11,7 @@ import click
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from serve import interpolate, page
 from serve.api import State, bp
 from serve.auth import exempt_paths, install_guard
 from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
@@ -66,6 +67,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(v2_bp)
+    app.register_blueprint(interpolate.bp)  # POST /interpolate
+    app.register_blueprint(page.bp)  # the web page at /
     _register_error_handlers(app)
     # Auth and the rate limit: one before-request hook when either is on, none otherwise.
     install_guard(app, settings, open_limiter(settings.rate_limit, settings.trusted_proxy_hops, env))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, jsonify, request
 
 from serve.errors import error_json
+from serve.page import PAGE_PATHS
 
 if TYPE_CHECKING:
     from serve.config import Settings
@@ -141,8 +142,9 @@ def parse_exempt(raw: str) -> frozenset[str]:
 
 
 def exempt_paths(groups: Iterable[str]) -> frozenset[str]:
-    """The request paths the exempt groups open."""
-    return frozenset(path for group in groups for path in EXEMPT_GROUPS[group])
+    """The request paths the exempt groups open, and the web page's: it holds no secrets (its
+    API calls send the token the user types)."""
+    return frozenset(path for group in groups for path in EXEMPT_GROUPS[group]) | PAGE_PATHS
 
 
 class TokenChecker:
