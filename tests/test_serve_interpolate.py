@@ -9,6 +9,7 @@ import io
 import math
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -411,3 +412,17 @@ def test_ends_match_generate_through_gunicorn(server: Server) -> None:
 def test_errors_through_gunicorn(server: Server) -> None:
     response = requests.post(f"{server.url}/interpolate", json={"seeds": [1]}, timeout=30)
     assert response.status_code == 422 and response.json()["error"]["code"] == "too_few_items"
+
+
+def test_the_documented_code_is_the_definition() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    section = text.split("### `POST /interpolate`", 1)[1].split("\n### ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # the docs' own snippet, as a client would paste it
+    for method in METHODS:
+        for a, b, steps in [(3, 10, 12), (0, 2**63 - 1, 2), (5, 5, 7)]:
+            z0, z1 = latent.noise_for_seed(a, 100), latent.noise_for_seed(b, 100)
+            documented = namespace["interpolate"](z0, z1, steps, method)
+            assert documented.dtype == np.float32
+            assert documented.tobytes() == latent.interpolate(z0, z1, steps, method).tobytes()
