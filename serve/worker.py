@@ -38,7 +38,7 @@ from gunicorn.http.errors import (
 from gunicorn.workers import base
 
 from serve.config import load_settings
-from serve.errors import error_json
+from serve.errors import clip, error_json
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_SECONDS = 1.0  # how long idle connections stay open once the worker stops accepting
@@ -122,7 +122,11 @@ def frame(buffer: bytes | bytearray, max_head: int, max_line: int, max_body: int
     expects = any(v.lower() == b"100-continue" for v in fields.get(b"expect", []))
     if b"transfer-encoding" in fields:
         # The parser refuses other codings and Content-Length beside them; framing only needs
-        # to know where a chunked body ends.
+        # to know where a chunked body ends. It lets a coding before the final chunked through
+        # undecoded (gzip, chunked): one this server does not apply is a 501 (RFC 9112 6.1).
+        codings = [c.strip().lower() for v in fields[b"transfer-encoding"] for c in v.split(b",")]
+        if codings[-1] == b"chunked" and any(c != b"chunked" for c in codings[:-1]):
+            raise ClientError(501, "only the chunked transfer coding is supported")
         if fields[b"transfer-encoding"][-1].lower().endswith(b"chunked"):
             return Framing(_chunked_end(buffer, body_start, max_body), expects)
         return Framing(body_start)
@@ -489,7 +493,9 @@ class EventWorker(base.Worker):
         except StopIteration:
             return False
         except ParseException as e:
-            self._fail(connection, ClientError(_parse_status(e), str(e) or type(e).__name__), raw)
+            # gunicorn's message repeats the offending line or header: cut to a readable length.
+            message = clip(str(e), 120) or "malformed HTTP request"
+            self._fail(connection, ClientError(_parse_status(e), message), raw)
             return False
         if connection.continued:
             # This worker already sent 100 Continue while the body arrived; gunicorn's environ
