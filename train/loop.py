@@ -109,8 +109,8 @@ class StopSignals:
         try:
             yield self
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, handler in previous.items():  # None: a handler not set from Python
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def pick_device(name: str) -> torch.device:
