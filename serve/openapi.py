@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from serve.schema import generate_query_schema, generate_request_schema
+from serve.schema import INT64_MAX, generate_query_schema, generate_request_schema
 
 API_VERSION = "1.0.0"
 NAME_HEADER = "X-Model-Name"
@@ -201,12 +202,19 @@ IF_NONE_MATCH_PARAMETER: dict[str, Any] = {
 }
 
 _GENERATE_ERRORS = {
-    "400": _error("Malformed JSON or a field of the wrong type."),
+    "400": _error(
+        "malformed_json: the body is not UTF-8 JSON; invalid_type: a field of the wrong type "
+        "(a number with a zero fraction, 1.0, is an integer)."
+    ),
     "404": _error(
         "unknown_model, unknown_version; version_not_loaded: a version on disk outside the "
         "version policy, with on-demand loading off (GAN_VERSION_CACHE=0)."
     ),
-    "422": _error("Semantically invalid: limits, ranges, noise shape, labels, unknown fields."),
+    "422": _error(
+        "Semantically invalid: limits, ranges, unknown or repeated fields; and what depends on "
+        "the model, which this document cannot state: noise rows of its latent size, labels "
+        "for a conditional model only (required with noise), each below its class count."
+    ),
     "503": _error(
         "not_ready: no model loaded; version_unavailable: the version is on disk but fails "
         "the service's checks when loaded."
@@ -228,7 +236,7 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
         }
         for name, schema in query["properties"].items()
     ]
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": {
             "title": "GAN image generator",
@@ -354,9 +362,74 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                 "Ready": READY_SCHEMA,
                 "Error": ERROR_SCHEMA,
                 **V2_SCHEMAS,
+                "V2InferRequest": v2_infer_request_schema(max_samples),
             }
         },
     }
+    from serve import interpolate, page  # they document their own routes (and import this)
+
+    for document in (interpolate.document, page.document):
+        document(spec, max_samples, max_body_bytes)
+    _add_refusals(spec["paths"], max_body_bytes)
+    return spec
+
+
+def _refusals(error: Callable[[str], dict[str, Any]], max_body_bytes: int) -> dict[str, Any]:
+    """What any operation can answer besides its own responses: the worker's refusals of a
+    request it cannot take (before the app sees it), and a bug."""
+    return {
+        "400": error(
+            "bad_request: the HTTP request itself is malformed (request line, method, headers, "
+            "conflicting lengths, chunk framing)."
+        ),
+        "408": error(
+            "request_timeout: the request did not arrive whole within GAN_CLIENT_TIMEOUT "
+            "seconds; the connection is closed."
+        ),
+        "413": error(f"body_too_large: a body larger than {max_body_bytes} bytes."),
+        "414": error("uri_too_long: a request line longer than 4,094 bytes."),
+        "431": error(
+            "headers_too_large: more than 100 header fields, or one longer than 8,190 bytes."
+        ),
+        "500": error(
+            "internal_error: a bug in the service (logged with its traceback), never caused by "
+            "what a client sent."
+        ),
+        "501": error(
+            "not_implemented: a transfer coding other than chunked (unknown, or before the "
+            "final chunked)."
+        ),
+        "503": error(
+            "timeout: the request ran past GAN_TIMEOUT less a second, and its worker is "
+            "replaced (Retry-After); not_ready: a worker with no model loaded had to take the "
+            "connection."
+        )
+        | {"headers": {"Retry-After": {"description": "Seconds to wait (timeout).", "schema": _INT}}},
+    }
+
+
+def _add_refusals(paths: dict[str, Any], max_body_bytes: int) -> None:
+    """Document the refusals on every operation (an operation's own 400 or 503 gets both
+    causes)."""
+    for path, item in paths.items():
+        error = _v2_error if path == "/v2" or path.startswith("/v2/") else _error
+        refusals = _refusals(error, max_body_bytes)
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = dict(operation["responses"])
+            for status, refusal in refusals.items():
+                if status not in responses:
+                    responses[status] = refusal
+                elif status in ("400", "503"):
+                    own = responses[status]
+                    responses[status] = own | {
+                        "description": f"{own['description']} Or {refusal['description']}",
+                        "headers": own.get("headers", {}) | refusal.get("headers", {}),
+                    }
+            # A new operation: the /v2 ones are shared between the paths with and without a version.
+            item[method] = operation | {"responses": dict(sorted(responses.items()))}
 
 
 # --- Open Inference Protocol v2 (serve/v2.py) ----------------------------------------------
@@ -370,11 +443,6 @@ _V2_TENSOR_METADATA: dict[str, Any] = {
         "datatype": {"type": "string", "enum": ["FP32", "INT64"]},
         "shape": {"type": "array", "items": _INT, "description": "-1: any size (the batch)"},
     },
-}
-_V2_DATA = {
-    "type": "array",
-    "description": "Row-major values, flat or nested as the shape.",
-    "items": {"oneOf": [{"type": "number"}, {"type": "array"}]},
 }
 V2_SCHEMAS: dict[str, Any] = {
     "V2Error": {
@@ -397,51 +465,6 @@ V2_SCHEMAS: dict[str, Any] = {
             "platform": {"type": "string", "enum": ["onnxruntime_onnx"]},
             "inputs": {"type": "array", "items": _V2_TENSOR_METADATA},
             "outputs": {"type": "array", "items": _V2_TENSOR_METADATA},
-        },
-    },
-    "V2InferRequest": {
-        "type": "object",
-        "required": ["inputs"],
-        "properties": {
-            "id": _STR,
-            "parameters": {
-                "type": "object",
-                "properties": {"binary_data_output": {"type": "boolean"}},
-            },
-            "inputs": {
-                "type": "array",
-                "minItems": 1,
-                "description": "z: FP32 [n, latent_size]; labels (conditional models): INT64 "
-                "[n] or [n, 1].",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "shape", "datatype"],
-                    "properties": {
-                        "name": {"type": "string", "enum": ["z", "labels"]},
-                        "shape": {"type": "array", "items": _INT},
-                        "datatype": {"type": "string", "enum": ["FP32", "INT64"]},
-                        "parameters": {
-                            "type": "object",
-                            "properties": {"binary_data_size": _INT},
-                        },
-                        "data": _V2_DATA,
-                    },
-                },
-            },
-            "outputs": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string", "enum": ["images"]},
-                        "parameters": {
-                            "type": "object",
-                            "properties": {"binary_data": {"type": "boolean"}},
-                        },
-                    },
-                },
-            },
         },
     },
     "V2InferResponse": {
@@ -471,6 +494,114 @@ V2_SCHEMAS: dict[str, Any] = {
         },
     },
 }
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+_UNSUPPORTED = {"not": {}, "description": "Not supported: a 400 says so."}
+
+
+def _v2_input(name: str, datatype: str, shape: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """One input tensor of an infer request: its name, datatype, shape and data as the server
+    takes them. Whether an input fits the model (its latent size, whether it is conditional)
+    and the data fit the shape, no schema states: the server answers 400 saying which."""
+    return {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"const": name},
+            "datatype": {"const": datatype},
+            "shape": shape,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "binary_data_size": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": INT64_MAX,
+                        "description": "Bytes of this tensor after the JSON (binary extension); "
+                        "no `data` then.",
+                    },
+                    "shared_memory_region": _UNSUPPORTED,
+                    "shared_memory_byte_size": _UNSUPPORTED,
+                    "shared_memory_offset": _UNSUPPORTED,
+                },
+            },
+            "data": {
+                "type": "array",
+                "description": "Row-major values, flat or nested as the shape.",
+                "items": {"oneOf": [value, {"type": "array", "items": value}]},
+            },
+        },
+    }
+
+
+def v2_infer_request_schema(max_samples: int) -> dict[str, Any]:
+    """The JSON of a v2 infer request (the binary extension's JSON header, too)."""
+    batch = {"type": "integer", "minimum": 1, "maximum": max_samples}
+    z = _v2_input(
+        "z",
+        "FP32",
+        {
+            "type": "array",
+            "prefixItems": [batch, {"type": "integer", "minimum": 1, "maximum": INT64_MAX}],
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[n, latent_size]",
+        },
+        {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+    )
+    labels = _v2_input(
+        "labels",
+        "INT64",
+        {
+            "type": "array",
+            "prefixItems": [batch, {"const": 1}],
+            "minItems": 1,
+            "maxItems": 2,
+            "description": "[n] or [n, 1]",
+        },
+        {"type": "integer", "minimum": 0, "maximum": INT64_MAX},
+    )
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": _STR,
+            "parameters": {
+                "type": "object",
+                "properties": {"binary_data_output": {"type": "boolean"}},
+            },
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 2,
+                "description": "z: FP32 [n, latent_size]; labels (conditional models only, "
+                "and then required): INT64 [n] or [n, 1], each below the class count.",
+                "items": {"oneOf": [z, labels]},
+                "contains": {"properties": {"name": {"const": "z"}}},
+                "minContains": 1,
+                "maxContains": 1,
+            },
+            "outputs": {
+                "type": "array",
+                "maxItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"const": "images"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "binary_data": {"type": "boolean"},
+                                "classification": _UNSUPPORTED,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }
 
 
 def _v2_error(description: str) -> dict[str, Any]:
@@ -510,7 +641,7 @@ def _v2_paths(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
                     "required": False,
                     "description": "With binary inputs: the length of the JSON request header; "
                     "the binary tensors follow it, in input order.",
-                    "schema": _INT,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": max_body_bytes},
                 }
             ],
             "requestBody": {
