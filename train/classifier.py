@@ -8,6 +8,7 @@ test accuracy. Training is deterministic for a given seed, torch build and threa
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 
 from train.data import MNIST_LIKE, ImageSet, load_dataset, load_mnist_like
 from train.errors import TrainError
+from train.files import atomic_write
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "classifier_weights"
 WIDTHS = (32, 64, 128)  # conv1, conv2 channels; feature size
@@ -136,15 +138,18 @@ def train_classifier(
 
 
 def save_classifier(model: Classifier, path: Path, about: dict) -> dict:
-    """Write the state_dict to path and `about` (plus size and sha256) to path.json; returns that."""
+    """Write the state_dict to path and `about` (plus size and sha256) to path.json, each
+    atomically (never half a file, whatever stops the process); returns that."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write(path, buffer.getbuffer())
     info = {**about, "file": path.name, "sha256": sha256_file(path),
             "parameters": sum(p.numel() for p in model.parameters()),
             "feature_size": model.fc[0].out_features, "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write(path.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
     return {**info, "path": str(path)}
 
 
