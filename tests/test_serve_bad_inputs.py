@@ -611,7 +611,12 @@ def worker_pids(server: Server) -> set[int]:
 @pytest.fixture(scope="module")
 def workers(server: Server) -> set[int]:
     """The worker pids before the first case: none may be replaced (a crash) by the end."""
+    # /readyz answered from one worker; gunicorn forks the next a moment later.
+    deadline = time.monotonic() + 30
     pids = worker_pids(server)
+    while len(pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling interval while the master forks
+        pids = worker_pids(server)
     assert len(pids) == 2, pids
     return pids
 
