@@ -172,12 +172,24 @@ def run_command(args: argparse.Namespace) -> int:
 
             print(dry_run(cfg))
             return 0
+        from train import distributed
+
+        # Under torchrun: this process's rank in a process group; else the plain single process.
+        shard = distributed.start(cfg.device)
+        launcher = ["torchrun", "--nproc-per-node", str(shard.world)] if shard.distributed else ["python"]
         try:
-            command = shlex.join(["python", "-m", "train", *sys.argv[1:]])
-            out = fit(cfg, resume=args.resume, progress=not args.no_progress, command=command)
+            command = shlex.join([*launcher, "-m", "train", *sys.argv[1:]])
+            out = fit(cfg, resume=args.resume, progress=not args.no_progress, command=command, shard=shard)
         except Interrupted as e:
             print(e, file=sys.stderr)
             return 130
+        except RuntimeError as e:  # a collective of DDP's, in a backward pass
+            if not (shard.distributed and distributed.is_peer_failure(e)):
+                raise
+            raise distributed.PeerFailed(distributed.peer_failed_message(e)) from None
+        distributed.stop(shard)
+        if not shard.writes:
+            return 0
         print(f"run written to {out} (checkpoint.pt, samples/, metrics.csv, loss.png)")
     elif args.command == "export":
         from train.export import export

@@ -9,6 +9,9 @@ during a step stops the run after it). So a run stopped by Ctrl-C or SIGTERM and
 ends bit-identical to one never stopped, and so does one killed outright (SIGKILL, a crash,
 a power cut), which loses the steps since the last epoch's checkpoint and redoes them;
 metrics.csv drops the rows of steps the checkpoint does not hold when a run resumes.
+
+Under torchrun (train/distributed.py, docs/training-distributed.md) each process trains on
+its rows of every global batch with DistributedDataParallel networks; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,12 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from serve.latent import noise_for_seeds
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import ImageSet, load_dataset
+from train.distributed import SINGLE, Shard
 from train.errors import TrainError
 from train.files import atomic_write, remove_temporaries
 from train.images import save_grid
@@ -70,10 +76,11 @@ class StopSignals:
     step is marked torn: nothing is saved then, the last checkpoint stays.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shard: Shard = SINGLE) -> None:
         self.stepping = False  # inside step()
         self.pending = False  # a signal arrived during this step
         self.torn = False  # a KeyboardInterrupt was raised in the middle of a step
+        self.shard = shard  # processes that stop together
 
     def handle(self, signum: int, frame: object) -> None:
         """The signal handler."""
@@ -91,11 +98,16 @@ class StopSignals:
         """One training step with its logging and, at an epoch's end, its checkpoint, during
         which a first signal waits."""
         self.stepping = True
+        agreed = None
         try:
             yield
+            if self.shard.distributed:
+                # Every process stops after the same step, if any of them got a signal (torchrun
+                # passes its SIGTERM or SIGINT on to all). A signal from here on is the next step's.
+                agreed, self.pending = self.shard.any(self.pending), False
         finally:
             self.stepping = False
-        if self.pending:
+        if self.pending if agreed is None else agreed:
             self.pending = False
             raise KeyboardInterrupt
 
@@ -155,6 +167,24 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
     return spec
 
 
+def check_shardable(cfg: TrainConfig, shard: Shard) -> None:
+    """Refuse a global batch that the processes cannot split as one process would train it."""
+    if not shard.distributed:
+        return
+    local = shard.local_batch(cfg.batch_size)
+    world = shard.world
+    if cfg.mode_seeking and local % 2:
+        raise TrainError(
+            f"--mode-seeking pairs samples i and i + n/2 of the batch: with {world} processes "
+            f"--batch-size must be a multiple of {2 * world} so that each process holds whole pairs"
+        )
+    if cfg.d_batch_std and cfg.arch == "dcgan" and cfg.batch_size % 4 == 0 and local % 4:
+        raise TrainError(
+            f"--d-batch-std compares groups of 4 samples of the batch: with {world} processes "
+            f"--batch-size must be a multiple of {4 * world} so that each process holds whole groups"
+        )
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch, a pure function of (seed, epoch) so resume replays it."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -188,6 +218,26 @@ def mode_seeking_term(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 1.0 / (images / noises + 1e-5)
 
 
+def shared_mode_seeking_term(fake: torch.Tensor, z_all: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """mode_seeking_term of the global batch, from this process's rows `fake` of it.
+
+    Rows are dealt r, r + world, ... and each process holds an even number of them, so the
+    pairs (i, i + n/2) of the global batch are pairs (j, j + n_local/2) of one process. The
+    noise distance comes from the global noise every process draws; the image distance is the
+    sum over processes. The returned value is the global term; its gradient is `world` times
+    that of this process's share, because DistributedDataParallel averages gradients over
+    processes where the global term needs their sum.
+    """
+    half, world = fake.shape[0] // 2, shard.world
+    gaps = (fake[:half] - fake[half : 2 * half]).abs()
+    mine = gaps.sum()
+    images = (mine + (shard.sum(mine.detach()) - mine.detach())) / (gaps.numel() * world)
+    n_half = z_all.shape[0] // 2
+    noises = (z_all[:n_half] - z_all[n_half : 2 * n_half]).abs().mean()
+    term = 1.0 / (images / noises + 1e-5)
+    return world * term - (world - 1) * term.detach()
+
+
 def class_term(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """The generator's class loss: cross-entropy (margin 0), or the hinge
     mean(max(0, margin - (logit of the label - the largest other logit)))."""
@@ -215,6 +265,49 @@ class Run:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed)
         self.step = 0
+        # What the training step calls: the networks themselves, or their DDP wrappers.
+        self.shard: Shard = SINGLE
+        self.G_train: nn.Module = self.G
+        self.D_train: nn.Module = self.D
+
+    def distribute(self, shard: Shard) -> None:
+        """Train as one of shard.world processes: DistributedDataParallel networks.
+
+        Called after a checkpoint is loaded, on identical weights in every process (the same
+        seed or the same checkpoint; DDP broadcasts rank 0's at construction anyway). self.G
+        and self.D stay the plain networks, so checkpoints hold unwrapped state dicts that any
+        number of processes can resume.
+        """
+        if not shard.distributed:
+            return
+        self.shard = shard
+        if self.device.type == "cuda":
+            # Batch statistics of the global batch, as one process computes them: every
+            # process's BatchNorm sees the same mean and variance. SyncBatchNorm keeps the
+            # parameter and buffer names, so checkpoints are unchanged. It runs on GPUs only; on
+            # CPU each process's BatchNorm normalises its own rows (docs/training-distributed.md).
+            # The weight average was copied from the plain generator, and keeps plain BatchNorm:
+            # its statistics are recomputed on rank 0 alone.
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # broadcast_buffers=False: by default DDP copies rank 0's buffers to every process at
+        # the start of each forward, and D runs three forwards a step (real, fake for D's loss,
+        # fake again for G's). Those in-place copies would overwrite buffers autograd may have
+        # saved between a forward and its backward (spectral norm's power-iteration vectors)
+        # and cost a collective each time, for nothing: spectral norm's vectors are functions
+        # of the weights, which are identical everywhere; SyncBatchNorm's running statistics
+        # are the global batch's; and CPU BatchNorm's running statistics, which differ per
+        # process, are only ever used from rank 0 (its samples and checkpoint; the weight
+        # average's are recomputed from its own outputs before each save).
+        # find_unused_parameters stays False: every parameter of D gets a gradient in D's one
+        # backward (real and fake logits summed into one loss), and every parameter of G in G's.
+        # (torch 2.13 deprecates the name for forward_sync_buffers, which older releases lack and
+        # which would still copy the buffers at construction; the behaviour meant is the same.)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids, broadcast_buffers=False)
+            self.D_train = DistributedDataParallel(self.D, device_ids=ids, broadcast_buffers=False)
 
     def state(self) -> dict:
         return {
@@ -270,29 +363,38 @@ class Run:
             recalibrate_batchnorm(self.G_ema, self.spec, self.device, self.cfg.seed)
 
     def train_step(self, real: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        """One discriminator step and one generator step on a batch in [0, 1]."""
-        cfg, n = self.cfg, real.shape[0]
-        z = torch.randn(n, cfg.latent_size, generator=self.noise, device=self.device)
-        fake_labels = (
+        """One discriminator step and one generator step on a batch in [0, 1].
+
+        Across processes, `real` (and `labels`) are this process's rows of the global batch,
+        and the noise and labels of the whole global batch are drawn in every process from
+        the same generator, which each then takes its rows of: every process's noise stream
+        stays where one process's would be, and together they train on what one process would.
+        """
+        cfg, shard = self.cfg, self.shard
+        n = real.shape[0] * shard.world  # the global batch
+        z_all = torch.randn(n, cfg.latent_size, generator=self.noise, device=self.device)
+        labels_all = (
             torch.randint(self.spec.num_classes, (n,), generator=self.noise, device=self.device)
             if self.spec.num_classes else None
         )
-        if cfg.mode_seeking and fake_labels is not None:
+        if cfg.mode_seeking and labels_all is not None:
             # The term compares pairs (i, i + n/2) drawn for one class.
             half = n // 2
-            fake_labels[half : 2 * half] = fake_labels[:half]
+            labels_all[half : 2 * half] = labels_all[:half]
+        z = shard.rows(z_all)
+        fake_labels = shard.rows(labels_all) if labels_all is not None else None
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda" else contextlib.nullcontext()
         )
         classes = self.spec.d_classes
         with amp:
-            fake = self.G(z, fake_labels)
+            fake = self.G_train(z, fake_labels)
             if classes:
-                out_real, class_real = self.D(real, labels, classes=True)
+                out_real, class_real = self.D_train(real, labels, classes=True)
             else:
-                out_real = self.D(real, labels)
-            out_fake = self.D(fake.detach(), fake_labels)
+                out_real = self.D_train(real, labels)
+            out_fake = self.D_train(fake.detach(), fake_labels)
             loss_d = d_loss(cfg.loss, out_real.float(), out_fake.float(), cfg.label_smoothing)
             if classes:
                 # The class head learns from real images only: learning from generated ones
@@ -303,7 +405,10 @@ class Run:
         self.opt_d.step()
 
         # D's own weight gradients are not needed for the generator step: freezing D skips
-        # computing them (about a third of D's backward pass).
+        # computing them (about a third of D's backward pass). Across processes D is called
+        # unwrapped here: it has nothing to all-reduce in this backward, and its DDP wrapper
+        # would otherwise expect one. G's wrapper all-reduces G's gradients, which reach it
+        # through this D.
         self.D.requires_grad_(False)
         with amp:
             if classes:
@@ -315,7 +420,10 @@ class Run:
         if classes:
             total_g = total_g + cfg.class_loss * class_term(class_gen.float(), fake_labels, cfg.class_margin)
         if cfg.mode_seeking and n >= 2:
-            total_g = total_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
+            if shard.distributed:
+                total_g = total_g + cfg.mode_seeking * shared_mode_seeking_term(fake.float(), z_all, shard)
+            else:
+                total_g = total_g + cfg.mode_seeking * mode_seeking_term(fake.float(), z)
         self.opt_g.zero_grad(set_to_none=True)
         total_g.backward()
         self.opt_g.step()
@@ -390,20 +498,43 @@ def check_writable(directory: Path) -> None:
 
 
 def fit(
-    cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str | None = None
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, command: str | None = None,
+    shard: Shard = SINGLE,
 ) -> Path:
-    """Train (or resume) a run into cfg.out; returns the run directory."""
+    """Train (or resume) a run into cfg.out; returns the run directory.
+
+    `shard`: this process's place among torchrun's processes (train/distributed.py). Only
+    rank 0 checks, locks and writes the run directory; the others only read it.
+    """
     out = Path(cfg.out)
-    check_writable(out)
-    with run_lock(out), StopSignals().installed() as stops:
-        # Under the lock no other run writes here: a temporary file is a dead run's.
-        for directory in (out, out / "samples"):
-            remove_temporaries(directory)
-        return _fit(cfg, out, resume, progress, command, stops)
+    if not shard.distributed:
+        check_writable(out)
+        with run_lock(out), StopSignals().installed() as stops:
+            # Under the lock no other run writes here: a temporary file is a dead run's.
+            for directory in (out, out / "samples"):
+                remove_temporaries(directory)
+            return _fit(cfg, out, resume, progress, command, stops, shard)
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if shard.writes:
+            try:
+                check_writable(out)
+                stack.enter_context(run_lock(out))
+            except TrainError as e:
+                problem = e
+        # Every process learns whether rank 0 could take the directory, and stops with it.
+        if shard.any(problem is not None):
+            raise problem or TrainError(f"process 0 could not use {out}: see its error")
+        stops = stack.enter_context(StopSignals(shard).installed())
+        if shard.writes:
+            for directory in (out, out / "samples"):
+                remove_temporaries(directory)
+        return _fit(cfg, out, resume, progress, command, stops, shard)
 
 
 def _fit(
-    cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str | None, stops: StopSignals
+    cfg: TrainConfig, out: Path, resume: bool, progress: bool, command: str | None, stops: StopSignals,
+    shard: Shard,
 ) -> Path:
     ckpt_path = out / "checkpoint.pt"
     state = None
@@ -424,6 +555,9 @@ def _fit(
     data = load_dataset(cfg.dataset, cfg.data, "train", cfg.image_size, cfg.channels, cfg.download)
     spec = spec_for(cfg, data)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and shard.distributed:
+        device = torch.device(shard.device)  # this process's own GPU
+    check_shardable(cfg, shard)
     about = {
         "dataset": {"name": cfg.dataset, "size": len(data)},
         "classes": data.classes,
@@ -436,8 +570,11 @@ def _fit(
         if ModelSpec(**state["spec"]) != spec:
             raise TrainError(f"{ckpt_path} was trained with {state['spec']}, not {spec.to_dict()}")
         run.load(state)
+    run.distribute(shard)
     saved_step = run.step if state is not None else None  # the step checkpoint.pt holds
-    atomic_write(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    writes = shard.writes
+    if writes:
+        atomic_write(out / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
 
     images = torch.from_numpy(data.images).to(device)
     labels = torch.from_numpy(data.labels).to(device) if spec.num_classes else None
@@ -446,8 +583,9 @@ def _fit(
         raise TrainError(f"the dataset has {len(data)} images, fewer than one batch ({cfg.batch_size})")
     total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
     sample_seeds = list(range(cfg.sample_count))
-    metrics = MetricsLog(out / "metrics.csv", run.step)
-    bar = tqdm(total=total, initial=run.step, disable=not progress, unit="step", dynamic_ncols=True)
+    metrics = MetricsLog(out / "metrics.csv", run.step) if writes else None
+    bar = tqdm(total=total, initial=run.step, disable=not (progress and writes), unit="step",
+               dynamic_ncols=True)
     order, order_epoch = None, -1
     window, t0 = [], time.perf_counter()
     try:
@@ -456,35 +594,47 @@ def _fit(
                 epoch, i = divmod(run.step, per_epoch)
                 if epoch != order_epoch:
                     order, order_epoch = epoch_order(cfg.seed, epoch, len(data)).to(device), epoch
-                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                # This process's rows of the global batch (all of it for one process).
+                idx = shard.rows(order[i * cfg.batch_size : (i + 1) * cfg.batch_size])
                 real = images[idx].float().div_(255.0)
                 stats = run.train_step(real, labels[idx] if labels is not None else None)
                 window.append(stats)
                 end_of_epoch = run.step % per_epoch == 0
                 if run.step % cfg.log_every == 0 or end_of_epoch or run.step == total:
-                    row = metrics.add(run.step, run.step / per_epoch, window, cfg.batch_size, t0)
-                    bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_d", "loss_g", "d_real", "d_fake")})
+                    window = shard.average_stats(window)  # the global batch's means
+                    if metrics is not None:
+                        row = metrics.add(run.step, run.step / per_epoch, window, cfg.batch_size, t0)
+                        shown = ("loss_d", "loss_g", "d_real", "d_fake")
+                        bar.set_postfix({k: f"{row[k]:.3f}" for k in shown})
                     window, t0 = [], time.perf_counter()
                 bar.update(1)
                 if end_of_epoch:
-                    run.settle_ema()
-                    save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
-                    save_checkpoint(run.state(), ckpt_path)
+                    if writes:
+                        run.settle_ema()
+                        save_grid(run.samples(sample_seeds), out / "samples" / f"epoch_{epoch + 1:04d}.png")
+                        save_checkpoint(run.state(), ckpt_path)
                     saved_step = run.step
-        run.settle_ema()
-        save_checkpoint(run.state(), ckpt_path)
+        if writes:
+            run.settle_ema()
+            save_checkpoint(run.state(), ckpt_path)
         saved_step = run.step
-        save_grid(run.samples(sample_seeds), out / "samples" / "final.png")
-        plot_losses(out / "metrics.csv", out / "loss.png")
+        if writes:
+            save_grid(run.samples(sample_seeds), out / "samples" / "final.png")
+            plot_losses(out / "metrics.csv", out / "loss.png")
     except KeyboardInterrupt:
-        raise Interrupted(interrupted(run, ckpt_path, saved_step, stops.torn)) from None
+        raise Interrupted(interrupted(run, ckpt_path, saved_step, stops.torn, writes)) from None
     finally:
         bar.close()
     return out
 
 
-def interrupted(run: Run, ckpt_path: Path, saved_step: int | None, torn: bool) -> str:
-    """Save what a stopped run holds, if it is whole and new; the message that says what was kept."""
+def interrupted(run: Run, ckpt_path: Path, saved_step: int | None, torn: bool, writes: bool = True) -> str:
+    """Save what a stopped run holds, if it is whole and new; the message that says what was kept.
+
+    A process that does not write (rank > 0) saves nothing: rank 0 stops after the same step.
+    """
+    if not writes:
+        return f"interrupted at step {run.step}; process 0 saves the checkpoint"
     if torn:
         if saved_step is None:
             return "stopped at once, before the first checkpoint: nothing to resume"
