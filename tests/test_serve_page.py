@@ -127,9 +127,10 @@ class Browser:
     url: str
 
     def open(self, fragment: str = "", base: str | None = None) -> None:
-        """Load the page afresh (from a blank page, so even a fragment-only change reloads)."""
+        """Load the page afresh (from a blank page, so even a fragment-only change reloads);
+        ``base``: a whole link, loaded as it is."""
         self.driver.get("about:blank")
-        self.driver.get(f"{base or self.url}/{'#' + fragment if fragment else ''}")
+        self.driver.get(base or f"{self.url}/{'#' + fragment if fragment else ''}")
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
