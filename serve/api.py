@@ -181,7 +181,7 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
 
     # Every check that can fail has passed: the ETag names the bytes inference would give,
     # so a matching If-None-Match is answered without running the model or encoding.
-    etag = _etag(spec, _format_key(fmt), seeds, z, labels)
+    etag = _etag(spec, generator.providers, _format_key(fmt), seeds, z, labels)
     headers = {
         NAME_HEADER: spec.name,
         VERSION_HEADER: str(spec.version),
@@ -244,9 +244,13 @@ def _encode(
 
 
 @functools.lru_cache(maxsize=1024)
-def _etag_base(sha256: str, name: str, version: int) -> Any:
+def _etag_base(sha256: str, name: str, version: int, providers: tuple[str, ...]) -> Any:
     """A sha256 already fed with everything one model version's ETags share (cached)."""
-    return hashlib.sha256(f"{_ETAG_SCHEME}\0{_RENDERERS}\0{sha256}\0{name}\0{version}\0".encode())
+    # Other execution providers compute other bits; the CPU's alone leaves the tag as it was.
+    runs_on = "" if providers == ("CPUExecutionProvider",) else f"{';'.join(providers)}\0"
+    return hashlib.sha256(
+        f"{_ETAG_SCHEME}\0{_RENDERERS}\0{runs_on}{sha256}\0{name}\0{version}\0".encode()
+    )
 
 
 def _format_key(fmt: str) -> str:
@@ -261,6 +265,7 @@ def _format_key(fmt: str) -> str:
 
 def _etag(
     spec: ModelSpec,
+    providers: tuple[str, ...],
     fmt: str,
     seeds: list[int] | None,
     z: np.ndarray | None,
@@ -272,7 +277,7 @@ def _etag(
     (so seeds and the noise they stand for have different ETags: the JSON differs); the
     labels used. n, and so the grid, follows from the seeds or the noise.
     """
-    h = _etag_base(spec.sha256, spec.name, spec.version).copy()
+    h = _etag_base(spec.sha256, spec.name, spec.version, providers).copy()
     if seeds is not None:
         h.update(f"{fmt}\0seeds {len(seeds)}\0".encode())
         h.update(array.array("q", seeds))  # seeds are in [0, 2**63 - 1]: int64

@@ -18,7 +18,7 @@ from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_se
 from serve.errors import ApiError, error_json
 from serve.instrument import instrument
 from serve.metrics import bp as metrics_bp
-from serve.model import tune_malloc
+from serve.model import check_providers, tune_malloc
 from serve.openapi import PID_HEADER, add_security, build_spec
 from serve.ratelimit import open_limiter
 from serve.registry import Registry
@@ -44,6 +44,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             raise ConfigError(f"unknown setting {name!r}; known: {', '.join(VARIABLES)}")
         env[name] = str(value)
     settings = load_settings(env)  # refuses FLASK_DEBUG too
+    check_providers(settings.providers)
     _refuse_debugger()
     configure_logging(settings.log_level)
     tune_malloc()

@@ -39,6 +39,7 @@ VARIABLES = (
     "GAN_AUTH_EXEMPT",
     "GAN_RATE_LIMIT",
     "GAN_TRUSTED_PROXY_HOPS",
+    "GAN_PROVIDERS",
 )
 # Set by the gunicorn config in workers forked to replace others (crash, timeout, HUP): they
 # skip bad versions like a reload does instead of failing to boot, which would stop gunicorn.
@@ -48,6 +49,17 @@ LOG_FORMATS = ("json", "text")
 SWITCHES = {"on": True, "off": False}
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[0-9]+\Z")
+# Short names for onnxruntime's execution providers; a full name (``...ExecutionProvider``)
+# is taken as it is.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+}
+_PROVIDER_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*ExecutionProvider\Z")
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +160,8 @@ class Settings:
     auth_exempt: frozenset[str] = parse_exempt(DEFAULT_EXEMPT)  # route groups open without one
     rate_limit: RateLimit | None = None  # a token bucket per client; None: no limit
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For entry names the client
+    # onnxruntime execution providers, in order of preference; the CPU one always last.
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
 def default_models_dir() -> Path:
@@ -247,7 +261,39 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         auth_exempt=auth_exempt,
         rate_limit=rate_limit,
         trusted_proxy_hops=proxy_hops,
+        providers=parse_providers(env.get("GAN_PROVIDERS", "cpu")),
     )
+
+
+def parse_providers(raw: str) -> tuple[str, ...]:
+    """``GAN_PROVIDERS``: execution providers by preference, such as ``cuda,cpu``.
+
+    Short names (cpu, cuda, tensorrt, rocm, openvino, dnnl) or onnxruntime's full names. The
+    CPU provider is added last when missing: onnxruntime runs there what the others cannot.
+    Whether a provider is installed is checked by each worker when it starts (the master
+    never imports onnxruntime).
+    """
+    names = [item.strip() for item in raw.split(",")]
+    if not raw.strip() or any(not name for name in names):
+        raise ConfigError(f"GAN_PROVIDERS must be a comma-separated list of providers, got {raw!r}")
+    providers: list[str] = []
+    for name in names:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if not _PROVIDER_RE.match(full):
+            raise ConfigError(
+                f"GAN_PROVIDERS: unknown provider {name!r}; use {', '.join(PROVIDER_ALIASES)} "
+                "or an onnxruntime name such as CUDAExecutionProvider"
+            )
+        if full in providers:
+            raise ConfigError(f"GAN_PROVIDERS names {full} twice: {raw!r}")
+        providers.append(full)
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    elif providers[-1] != "CPUExecutionProvider":
+        raise ConfigError(
+            f"GAN_PROVIDERS: cpu must come last (onnxruntime would never use what follows it): {raw!r}"
+        )
+    return tuple(providers)
 
 
 def check_no_debug(env: Mapping[str, str]) -> None:

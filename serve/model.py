@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serve import latent
+from serve.config import ConfigError
 from serve.repository import ModelError, ModelSpec
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
@@ -38,6 +39,8 @@ class Generator:
         self.spec = spec
         self.session = session
         self.batching = batching
+        # The execution providers the session runs on (GAN_PROVIDERS): the bytes depend on them.
+        self.providers = tuple(session.get_providers())
         # batch size -> whether it gives the same bits as batch 1; at most MAX_BATCH entries.
         self.batch_verdicts: dict[int, bool] = {1: True}
 
@@ -130,7 +133,24 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def load_generator(spec: ModelSpec, threads: int, batching: bool = True) -> Generator:
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+def check_providers(providers: tuple[str, ...]) -> None:
+    """Refuse execution providers this onnxruntime build does not have (GAN_PROVIDERS)."""
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ConfigError(
+            f"GAN_PROVIDERS asks for {', '.join(missing)}, which this onnxruntime "
+            f"{ort.__version__} does not have (it has: {', '.join(available)}); CUDA needs the "
+            "onnxruntime-gpu package in place of onnxruntime, and the GPU's libraries"
+        )
+
+
+def load_generator(
+    spec: ModelSpec, threads: int, batching: bool = True, providers: tuple[str, ...] = CPU_ONLY
+) -> Generator:
     """Create the session from the bytes whose sha256 was checked and compare its I/O to the spec."""
     data = spec.onnx_path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
@@ -138,11 +158,18 @@ def load_generator(spec: ModelSpec, threads: int, batching: bool = True) -> Gene
         raise ModelError(f"{spec.path}: sha256 of model.onnx changed to {actual} while loading")
     try:
         session = ort.InferenceSession(
-            data, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            data, sess_options=session_options(threads), providers=list(providers)
         )
     except Exception as e:  # onnxruntime raises its own exception types for bad graphs
         raise ModelError(f"{spec.path}: onnxruntime cannot load model.onnx: {e}") from None
     del data  # the session holds its own copy of the weights
+    if session.get_providers()[0] != providers[0]:
+        # onnxruntime falls back to the next provider when one fails to start (a missing CUDA
+        # library, no GPU), saying so only in its log: serving on another is refused.
+        raise ModelError(
+            f"{spec.path}: onnxruntime could not start {providers[0]} for model.onnx (it "
+            f"runs on {', '.join(session.get_providers())}); its log above says why"
+        )
     check_io(spec, session)
     generator = Generator(spec, session, batching)
     probe(generator)

@@ -427,7 +427,8 @@ class Registry:
     # --- Loading, refusing, caching -----------------------------------------------------
 
     def _load(self, spec: ModelSpec) -> Generator:
-        generator = load_generator(spec, self.settings.threads, self.settings.batching)
+        settings = self.settings
+        generator = load_generator(spec, settings.threads, settings.batching, settings.providers)
         metrics.MODEL_LOADS.labels(spec.name).inc()
         log.info("loaded model %s version %d", spec.name, spec.version)
         return generator

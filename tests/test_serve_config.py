@@ -168,3 +168,41 @@ def test_every_variable_is_documented() -> None:
 def test_bad_connection_and_inference_settings(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env)
+
+
+@pytest.mark.parametrize(
+    ("raw", "providers"),
+    [
+        ("cpu", ("CPUExecutionProvider",)),
+        ("cuda", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        (" CUDA , cpu ", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+        ("TensorrtExecutionProvider,cuda", ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                            "CPUExecutionProvider")),
+    ],
+)
+def test_providers(raw: str, providers: tuple[str, ...]) -> None:
+    assert load_settings({"GAN_PROVIDERS": raw}).providers == providers
+
+
+def test_providers_default_to_the_cpu() -> None:
+    assert load_settings({}).providers == ("CPUExecutionProvider",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("", "comma-separated list"),
+        ("cuda,", "comma-separated list"),
+        ("gpu", "unknown provider 'gpu'"),
+        ("cuda,cuda", "names CUDAExecutionProvider twice"),
+        ("cpu,cuda", "cpu must come last"),
+    ],
+)
+def test_bad_providers(raw: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings({"GAN_PROVIDERS": raw})
+
+
+def test_a_provider_this_onnxruntime_lacks_stops_the_app(models_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="CUDAExecutionProvider, which this onnxruntime"):
+        create_app({"GAN_MODELS_DIR": str(models_dir), "GAN_PROVIDERS": "cuda"})

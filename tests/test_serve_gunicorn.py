@@ -192,6 +192,9 @@ def test_missing_repository_stops_gunicorn(
         ({"GAN_WORKERS": "many"}, "GAN_WORKERS must be an integer"),
         ({"GAN_WORKERS": str(len(os.sched_getaffinity(0)) + 1)}, "exceeds the"),
         ({"GAN_VERSION_POLICY": "latest:0"}, "GAN_VERSION_POLICY must be latest:N"),
+        ({"GAN_PROVIDERS": "gpu"}, "GAN_PROVIDERS: unknown provider 'gpu'"),
+        # Checked by the workers (the master never imports onnxruntime): they fail to boot.
+        ({"GAN_PROVIDERS": "cuda"}, "asks for CUDAExecutionProvider, which this onnxruntime"),
     ],
 )
 def test_bad_settings_stop_gunicorn(
