@@ -138,17 +138,22 @@ _RENDERERS = (
 )
 
 
-@bp.post("/generate")
-def generate_post() -> Response:
-    """Images from a JSON request, as JSON (base64 PNGs), one PNG grid, or ``.npy``."""
+def json_body(route: str) -> Any:
+    """The request's JSON body, parsed (not yet validated); a 415 unless it is JSON."""
     if request.mimetype != "application/json":
         raise ApiError(
             415,
             "unsupported_media_type",
-            "POST /generate takes Content-Type: application/json, got "
+            f"{route} takes Content-Type: application/json, got "
             + (shown(request.mimetype) if request.mimetype else "none"),
         )
-    body = parse_json(request.get_data(cache=False))
+    return parse_json(request.get_data(cache=False))
+
+
+@bp.post("/generate")
+def generate_post() -> Response:
+    """Images from a JSON request, as JSON (base64 PNGs), one PNG grid, or ``.npy``."""
+    body = json_body("POST /generate")
     validate(body, state().request_schema)
     return _generate(body, body.get("format", "json"), safe=False)
 

@@ -18,8 +18,8 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
 from serve import imaging, latent, metrics
-from serve.api import _labels, _noise, state  # /generate's checks of noise and labels
-from serve.errors import ApiError, shown
+from serve.api import _labels, _noise, json_body, state  # /generate's checks and parsing
+from serve.errors import ApiError
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.openapi import (
     _BINARY,
@@ -31,7 +31,7 @@ from serve.openapi import (
     _model_headers,
 )
 from serve.repository import ModelSpec
-from serve.schema import generate_request_schema, parse_json, validate
+from serve.schema import generate_request_schema, validate
 
 bp = Blueprint("interpolate", __name__)
 
@@ -140,14 +140,7 @@ INTERPOLATE_RESPONSE_SCHEMA: dict[str, Any] = {
 @bp.post("/interpolate")
 def interpolate() -> Response:
     """The frames of the path between two seeds or two noise vectors, in one of /generate's formats."""
-    if request.mimetype != "application/json":
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "POST /interpolate takes Content-Type: application/json, got "
-            + (shown(request.mimetype) if request.mimetype else "none"),
-        )
-    body = parse_json(request.get_data(cache=False))
+    body = json_body("POST /interpolate")
     settings = state().settings
     validate(body, _schema(settings.max_samples))
     generator = state().registry.resolve(body.get("model"), body.get("version"))

@@ -218,21 +218,26 @@ def find_versions(models_dir: Path) -> dict[str, dict[int, Path]]:
     return found
 
 
+def _read_all(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
+    """Every version's spec that ``read_spec`` passes, and the problems of the others."""
+    specs: list[ModelSpec] = []
+    problems: list[str] = []
+    for name, versions in find_versions(models_dir).items():
+        for version, path in versions.items():
+            try:
+                specs.append(read_spec(path, name, version))
+            except (ModelError, OSError) as e:
+                problems.append(str(e))
+    return specs, problems
+
+
 def check_repository(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
     """The versions whose files pass ``read_spec``, and the problems of the others.
 
     A RepositoryError only when there is nothing to serve: no directory, no model, or no
     version that passes (the service then refuses to start, saying why).
     """
-    found = find_versions(models_dir)
-    specs: list[ModelSpec] = []
-    problems: list[str] = []
-    for name, versions in found.items():
-        for version, path in versions.items():
-            try:
-                specs.append(read_spec(path, name, version))
-            except (ModelError, OSError) as e:
-                problems.append(str(e))
+    specs, problems = _read_all(models_dir)
     if not specs:
         raise RepositoryError(
             f"model repository {models_dir} has no servable version:\n  " + "\n  ".join(problems)
@@ -242,15 +247,7 @@ def check_repository(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
 
 def validate_repository(models_dir: Path) -> list[ModelSpec]:
     """Every version of every model, checked; any problem is a RepositoryError."""
-    found = find_versions(models_dir)
-    specs: list[ModelSpec] = []
-    problems: list[str] = []
-    for name, versions in found.items():
-        for version, path in versions.items():
-            try:
-                specs.append(read_spec(path, name, version))
-            except ModelError as e:
-                problems.append(str(e))
+    specs, problems = _read_all(models_dir)
     if problems:
         raise RepositoryError(
             f"model repository {models_dir} is invalid:\n  " + "\n  ".join(problems)
