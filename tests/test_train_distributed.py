@@ -191,7 +191,8 @@ def test_a_batch_that_does_not_split_is_refused_on_every_process(tmp_path):
     result = torchrun(fit_args(cfg, Path(cfg.out)))
     assert result.returncode != 0
     assert result.stderr.count("--batch-size 7 is the global batch and must split evenly") == 2
-    assert "error: --batch-size 7" in result.stderr and "]: Traceback" not in result.stderr  # ours, not a crash
+    assert "error: --batch-size 7" in result.stderr  # our one line,
+    assert "]: Traceback" not in result.stderr  # not a worker's crash
     assert not (Path(cfg.out) / "checkpoint.pt").exists()
 
 
