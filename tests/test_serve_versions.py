@@ -71,10 +71,10 @@ class LoadCounter:
         self._load = registry_module.load_generator
         monkeypatch.setattr(registry_module, "load_generator", self)
 
-    def __call__(self, spec: Any, threads: int, batching: bool) -> Any:
+    def __call__(self, spec: Any, *settings: Any) -> Any:
         self.loads.append((spec.name, spec.version))
         time.sleep(self.delay)  # widens the window in which a second load would start
-        return self._load(spec, threads, batching)
+        return self._load(spec, *settings)
 
 
 # --- GAN_VERSION_POLICY and GAN_VERSION_CACHE --------------------------------------------
