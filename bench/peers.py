@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from serve import imaging, latent  # noqa: E402
 from serve.config import ConfigError, cpu_count, load_settings  # noqa: E402
-from serve.repository import ModelError, ModelSpec, read_spec  # noqa: E402
+from serve.repository import ModelError, ModelVersion, read_spec  # noqa: E402
 
 LUA_SCRIPT = ROOT / "bench" / "generate.lua"
 START_TIMEOUT = 120.0  # seconds for a server to answer: a bound, not an expectation
@@ -432,7 +432,7 @@ def cpu_seconds(roots: list[int]) -> tuple[float, float]:
 
 # --- requests and outputs ---------------------------------------------------------------------
 
-def v2_body(spec: ModelSpec, seeds: range, label_shape: str) -> str:
+def v2_body(spec: ModelVersion, seeds: range, label_shape: str) -> str:
     """A V2 JSON infer request for the noise of ``seeds`` (and their labels), images as binary data."""
     z = latent.noise_for_seeds(seeds, spec.latent_size)
     inputs = [f'{{"name":"z","shape":[{len(seeds)},{spec.latent_size}],"datatype":"FP32",'
@@ -446,7 +446,7 @@ def v2_body(spec: ModelSpec, seeds: range, label_shape: str) -> str:
     return f'{{"inputs":[{",".join(inputs)}],"outputs":{outputs}}}'
 
 
-def write_bodies(spec: ModelSpec, n: int, label_shape: str, path: Path) -> Path:
+def write_bodies(spec: ModelVersion, n: int, label_shape: str, path: Path) -> Path:
     """64 bodies of n images each (seeds 0 .. 64n-1, body i holding i*n .. i*n+n-1), one per line."""
     path.write_text("".join(v2_body(spec, range(i * n, i * n + n), label_shape) + "\n"
                             for i in range(BODIES)))
@@ -463,7 +463,7 @@ def v2_images(headers: dict[str, str], data: bytes) -> np.ndarray:
     return np.frombuffer(data[int(size):], dtype=np.float32).reshape(output["shape"])
 
 
-def grid_of(target: Target, spec: ModelSpec, bodies: dict[int, Path]) -> np.ndarray:
+def grid_of(target: Target, spec: ModelVersion, bodies: dict[int, Path]) -> np.ndarray:
     """The uint8 grid of seeds 0-63 from ``target``, as its PNG or as the grid of its V2 tensor."""
     try:
         if target.kind == "v2":
@@ -482,7 +482,7 @@ def grid_of(target: Target, spec: ModelSpec, bodies: dict[int, Path]) -> np.ndar
 
 # --- the run ----------------------------------------------------------------------------------
 
-def model_spec(path: Path) -> ModelSpec:
+def model_spec(path: Path) -> ModelVersion:
     """The checked spec of a version directory models/<name>/<version>."""
     path = path.resolve()
     if not path.name.isdigit():
@@ -493,14 +493,14 @@ def model_spec(path: Path) -> ModelSpec:
         raise BenchError(str(e)) from None
 
 
-def single_version_repository(spec: ModelSpec, tmp: Path) -> Path:
+def single_version_repository(spec: ModelVersion, tmp: Path) -> Path:
     """A repository holding a copy of ``spec``'s version only."""
     repo = tmp / "models"
     shutil.copytree(spec.path, repo / spec.name / str(spec.version))
     return repo
 
 
-def start_local(stack: ExitStack, args: argparse.Namespace, spec: ModelSpec, tmp: Path) -> list[Target]:
+def start_local(stack: ExitStack, args: argparse.Namespace, spec: ModelVersion, tmp: Path) -> list[Target]:
     """Start the service and the plain app (as many sync workers as the service); their targets."""
     settings = load_settings()
     workers, grace = settings.workers, settings.graceful_timeout + 30
@@ -544,7 +544,7 @@ def v2_target(name: str, url: str, pid: int | None, describe: str,
     return Target(name, "v2", f"http://{parts.netloc}", describe, pid, url, "/v2/health/live", cold or {})
 
 
-def peers(stack: ExitStack, args: argparse.Namespace, spec: ModelSpec) -> list[Target]:
+def peers(stack: ExitStack, args: argparse.Namespace, spec: ModelVersion) -> list[Target]:
     """The V2 targets: given by URL, or Triton started from ``--start-triton``."""
     if args.start_triton:
         targets = []
@@ -557,7 +557,7 @@ def peers(stack: ExitStack, args: argparse.Namespace, spec: ModelSpec) -> list[T
     return [v2_target(name, url, pid, "V2 server") for name, url, pid in given if url]
 
 
-def check_outputs(targets: list[Target], spec: ModelSpec, bodies: dict[int, Path]) -> list[dict[str, Any]]:
+def check_outputs(targets: list[Target], spec: ModelVersion, bodies: dict[int, Path]) -> list[dict[str, Any]]:
     """Each target's grid of seeds 0-63 against the service's: pixels that differ, largest difference."""
     reference = grid_of(targets[0], spec, bodies).astype(int)
     rows = []

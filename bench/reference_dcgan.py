@@ -43,7 +43,7 @@ from train.sample import resolve_model_dir  # noqa: E402
 NZ, NGF, NDF, BATCH = 100, 64, 64, 64
 
 
-class Generator(nn.Module):
+class ReferenceGenerator(nn.Module):
     def __init__(self):
         super().__init__()
         self.main = nn.Sequential(
@@ -65,7 +65,7 @@ class Generator(nn.Module):
         return self.main(z.view(-1, NZ, 1, 1))
 
 
-class Discriminator(nn.Module):
+class ReferenceDiscriminator(nn.Module):
     def __init__(self):
         super().__init__()
         self.main = nn.Sequential(
@@ -113,7 +113,7 @@ def train_reference(
 ) -> list[Snapshot]:
     """Train until both targets (epochs, seconds) are met, snapshotting the generator at each."""
     torch.manual_seed(seed)
-    netG, netD = Generator().to(device), Discriminator().to(device)
+    netG, netD = ReferenceGenerator().to(device), ReferenceDiscriminator().to(device)
     netG.apply(weights_init)
     netD.apply(weights_init)
     criterion = nn.BCELoss()
@@ -206,7 +206,7 @@ def reuse_snapshots(out: Path, epochs: float | None, seconds: float | None) -> l
 
 def reference_source(path: Path) -> Source:
     """A saved reference generator as a plain function of z, in eval mode on the CPU."""
-    netG = Generator()
+    netG = ReferenceGenerator()
     netG.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     netG.eval()
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from serve import imaging, latent  # noqa: E402
 from serve.config import cpu_count  # noqa: E402
-from serve.model import Generator, load_generator  # noqa: E402
-from serve.repository import ModelSpec, RepositoryError, validate_repository  # noqa: E402
+from serve.model import OnnxGenerator, load_onnx_generator  # noqa: E402
+from serve.repository import ModelVersion, RepositoryError, validate_repository  # noqa: E402
 
 
 @dataclass
@@ -144,7 +144,7 @@ def _raw_worker(job: dict) -> tuple[int, float, list[float]]:
     from serve.repository import read_spec
 
     spec = read_spec(Path(job["path"]), job["name"], job["version"])
-    run = _raw_call(job["mode"], load_generator(spec, job["threads"]), job["n"])
+    run = _raw_call(job["mode"], load_onnx_generator(spec, job["threads"]), job["n"])
     run(0)  # warm up
     latencies: list[float] = []
     started = time.perf_counter()
@@ -157,7 +157,7 @@ def _raw_worker(job: dict) -> tuple[int, float, list[float]]:
     return len(latencies), time.perf_counter() - started, latencies
 
 
-def _raw_call(mode: str, generator: Generator, n: int) -> Callable[[int], object]:
+def _raw_call(mode: str, generator: OnnxGenerator, n: int) -> Callable[[int], object]:
     spec = generator.spec
     labels = np.zeros(n, dtype=np.int64) if spec.conditional else None
     if mode == "batched":
@@ -176,7 +176,7 @@ def _raw_call(mode: str, generator: Generator, n: int) -> Callable[[int], object
     return pipeline
 
 
-def raw(spec: ModelSpec, mode: str, n: int, args: argparse.Namespace) -> Row:
+def raw(spec: ModelVersion, mode: str, n: int, args: argparse.Namespace) -> Row:
     """``mode`` in ``args.workers`` parallel processes of ``args.threads`` threads each."""
     job = {"mode": mode, "path": str(spec.path), "name": spec.name, "version": spec.version,
            "threads": args.threads, "n": n, "duration": args.duration,
@@ -192,9 +192,9 @@ def raw(spec: ModelSpec, mode: str, n: int, args: argparse.Namespace) -> Row:
     return row
 
 
-def batch_drift(spec: ModelSpec, threads: int) -> str:
+def batch_drift(spec: ModelVersion, threads: int) -> str:
     """How batched inference differs from batch 1 on 64 seeds: why the service runs batch 1."""
-    generator = load_generator(spec, threads)
+    generator = load_onnx_generator(spec, threads)
     z = latent.noise_for_seeds(range(64), spec.latent_size)
     labels = np.arange(64, dtype=np.int64) % len(spec.classes) if spec.conditional else None
     single = generator.generate(z, labels)
@@ -205,7 +205,7 @@ def batch_drift(spec: ModelSpec, threads: int) -> str:
             f"{pixels} uint8 pixels differ")
 
 
-def pick_spec(args: argparse.Namespace) -> ModelSpec:
+def pick_spec(args: argparse.Namespace) -> ModelVersion:
     try:
         specs = validate_repository(args.models_dir)
     except RepositoryError as e:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from train.config import TrainConfig  # noqa: E402
 from train.data import load_mnist_like  # noqa: E402
 from train.loop import fit  # noqa: E402
-from train.models import Discriminator, Generator, ModelSpec  # noqa: E402
+from train.models import Discriminator, Generator, NetworkSpec  # noqa: E402
 
 WARMUP = 20
 
@@ -38,10 +38,10 @@ def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> f
     """Steady-state images/s of train.loop.fit, read from its own metrics log."""
     out = Path(tempfile.mkdtemp(dir=workdir))
     # The reference loop's networks and update: no spectral norm, no weight average, and the
-    # discriminator ModelSpec builds by default.
+    # discriminator NetworkSpec builds by default.
     cfg = TrainConfig(arch=arch, steps=WARMUP + steps, batch_size=batch, log_every=WARMUP,
                       device="cpu", out=str(out), spectral_norm=False, ema=0.0,
-                      d_depth=ModelSpec.d_depth, d_batch_std=ModelSpec.d_batch_std, **data_args)
+                      d_depth=NetworkSpec.d_depth, d_batch_std=NetworkSpec.d_batch_std, **data_args)
     fit(cfg, progress=False)
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -55,7 +55,7 @@ def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> f
 def reference(arch: str, images: np.ndarray, steps: int, batch: int) -> float:
     """Steady-state images/s of a plain pytorch/examples-style loop."""
     torch.manual_seed(0)
-    spec = ModelSpec(arch=arch)
+    spec = NetworkSpec(arch=arch)
     netG, netD = Generator(spec), nn.Sequential(Discriminator(spec), nn.Sigmoid())
     criterion = nn.BCELoss()
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))

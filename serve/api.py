@@ -25,8 +25,8 @@ from serve.errors import ApiError, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
 from serve.redact import hide_paths
-from serve.registry import ModelVersions, Registry
-from serve.repository import ModelSpec
+from serve.registry import ModelView, Registry
+from serve.repository import ModelVersion
 from serve.schema import parse_json, parse_query, validate
 
 bp = Blueprint("api", __name__)
@@ -78,7 +78,7 @@ def readyz() -> Any:
     }
 
 
-def _summary(model: ModelVersions) -> dict[str, Any]:
+def _summary(model: ModelView) -> dict[str, Any]:
     spec = model.specs[model.default_version]
     return {
         "name": model.name,
@@ -221,7 +221,7 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
 def _encode(
     images: np.ndarray,
     fmt: str,
-    spec: ModelSpec,
+    spec: ModelVersion,
     seeds: list[int] | None,
     labels: np.ndarray | None,
     headers: dict[str, str],
@@ -269,7 +269,7 @@ def _format_key(fmt: str) -> str:
 
 
 def _etag(
-    spec: ModelSpec,
+    spec: ModelVersion,
     providers: tuple[str, ...],
     fmt: str,
     seeds: list[int] | None,
@@ -359,7 +359,7 @@ def _noise(rows: list[list[float]], size: int, max_samples: int) -> np.ndarray:
 
 
 def _labels(
-    labels: int | list[int] | None, n: int, spec: ModelSpec, seeds: list[int] | None
+    labels: int | list[int] | None, n: int, spec: ModelVersion, seeds: list[int] | None
 ) -> np.ndarray | None:
     if spec.classes is None:
         if labels is not None:

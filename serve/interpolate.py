@@ -30,7 +30,7 @@ from serve.openapi import (
     _error,
     _model_headers,
 )
-from serve.repository import ModelSpec
+from serve.repository import ModelVersion
 from serve.schema import generate_request_schema, validate
 
 bp = Blueprint("interpolate", __name__)
@@ -184,7 +184,7 @@ def _ends(rows: list[list[float]], size: int) -> np.ndarray:
 
 
 def _frame_labels(
-    labels: int | list[int] | None, steps: int, spec: ModelSpec, seeds: list[int] | None
+    labels: int | list[int] | None, steps: int, spec: ModelVersion, seeds: list[int] | None
 ) -> np.ndarray | None:
     """The class of each frame: given, or with seeds and none given, a's class then b's."""
     if labels is None and seeds is not None and spec.classes is not None:
@@ -198,7 +198,7 @@ def _frame_labels(
 def _encode(
     images: np.ndarray,
     fmt: str,
-    spec: ModelSpec,
+    spec: ModelVersion,
     method: str,
     seeds: list[int] | None,
     labels: np.ndarray | None,

@@ -12,10 +12,10 @@ import onnxruntime as ort
 
 from serve import latent
 from serve.config import ConfigError
-from serve.repository import ModelError, ModelSpec
+from serve.repository import ModelError, ModelVersion
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
-# The seeds whose images decide whether a batch size may run as one batch (see Generator).
+# The seeds whose images decide whether a batch size may run as one batch (see OnnxGenerator).
 PROBE_SEED = 2**62
 # Larger requests run in batches of at most this many samples: per image, batch 16 is as fast
 # as batch 64 on the shipped models (about 0.29 ms against 0.39 ms at batch 1, on one
@@ -24,7 +24,7 @@ MAX_BATCH = 16
 log = logging.getLogger(__name__)
 
 
-class Generator:
+class OnnxGenerator:
     """One model version and its session, run so that a sample's image never depends on n.
 
     onnxruntime's kernels could in principle compute a sample differently inside a batch of
@@ -35,7 +35,7 @@ class Generator:
     if every output bit agrees. Otherwise (or with batching off) it runs one sample per call.
     """
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, batching: bool = True) -> None:
+    def __init__(self, spec: ModelVersion, session: ort.InferenceSession, batching: bool = True) -> None:
         self.spec = spec
         self.session = session
         self.batching = batching
@@ -148,9 +148,9 @@ def check_providers(providers: tuple[str, ...]) -> None:
         )
 
 
-def load_generator(
-    spec: ModelSpec, threads: int, batching: bool = True, providers: tuple[str, ...] = CPU_ONLY
-) -> Generator:
+def load_onnx_generator(
+    spec: ModelVersion, threads: int, batching: bool = True, providers: tuple[str, ...] = CPU_ONLY
+) -> OnnxGenerator:
     """Create the session from the bytes whose sha256 was checked and compare its I/O to the spec."""
     data = spec.onnx_path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
@@ -171,13 +171,13 @@ def load_generator(
             f"runs on {', '.join(session.get_providers())}); its log above says why"
         )
     check_io(spec, session)
-    generator = Generator(spec, session, batching)
+    generator = OnnxGenerator(spec, session, batching)
     probe(generator)
     release_free_memory()  # parsing the graph leaves a few MB of freed heap behind
     return generator
 
 
-def probe(generator: Generator) -> None:
+def probe(generator: OnnxGenerator) -> None:
     """Run one sample, so a model that fails or returns another shape is refused at load."""
     spec = generator.spec
     feeds = {"z": np.zeros((1, spec.latent_size), dtype=np.float32)}
@@ -218,7 +218,7 @@ def _matches(arg: ort.NodeArg, entry: dict[str, object]) -> bool:
     )
 
 
-def check_io(spec: ModelSpec, session: ort.InferenceSession) -> None:
+def check_io(spec: ModelVersion, session: ort.InferenceSession) -> None:
     """Raise ModelError unless the session's inputs and output are what model.json says."""
     inputs, output = spec.meta["inputs"], spec.meta["output"]
     got_in, got_out = session.get_inputs(), session.get_outputs()

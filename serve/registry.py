@@ -24,10 +24,10 @@ from pathlib import Path
 from serve import metrics
 from serve.config import Settings
 from serve.errors import ApiError, shown
-from serve.model import Generator, load_generator
+from serve.model import OnnxGenerator, load_onnx_generator
 from serve.repository import (
     ModelError,
-    ModelSpec,
+    ModelVersion,
     RepositoryError,
     find_versions,
     fingerprint,
@@ -36,8 +36,8 @@ from serve.repository import (
 
 log = logging.getLogger(__name__)
 
-Models = dict[str, dict[int, Generator]]
-Specs = dict[str, dict[int, ModelSpec]]
+Models = dict[str, dict[int, OnnxGenerator]]
+Specs = dict[str, dict[int, ModelVersion]]
 Key = tuple[str, int]
 
 
@@ -61,11 +61,11 @@ class Rejected:
 
 
 @dataclass(frozen=True)
-class ModelVersions:
+class ModelView:
     """One model as this worker sees it, for ``/models``."""
 
     name: str
-    specs: dict[int, ModelSpec]  # every servable version on disk, ascending
+    specs: dict[int, ModelVersion]  # every servable version on disk, ascending
     default_version: int
     policy_versions: list[int]  # kept loaded by the version policy
     loaded_versions: list[int]  # with a session in this worker now: the policy's and cached
@@ -98,7 +98,7 @@ class Registry:
         self._snapshot = self._make_snapshot({}, {})
         # The on-demand cache: written under _lock only, read without it. Recency is a
         # counter stamped on each use (a lock-free dict write), looked at only to evict.
-        self._cache: dict[Key, Generator] = {}
+        self._cache: dict[Key, OnnxGenerator] = {}
         self._used: dict[Key, int] = {}
         self._ticks = itertools.count(1)
         self._published: set[tuple[str, int, str]] = set()  # in gan_model_versions_loaded
@@ -165,7 +165,7 @@ class Registry:
         """Every model with a servable version, by name."""
         return list(self._snapshot.specs)
 
-    def describe(self) -> dict[str, ModelVersions]:
+    def describe(self) -> dict[str, ModelView]:
         """Every model's versions: on disk, kept by the policy, loaded in this worker now."""
         snap = self._snapshot
         cached = self._cache.copy()
@@ -173,7 +173,7 @@ class Registry:
         for name, specs in snap.specs.items():
             policy = list(snap.resident[name])
             extra = [v for (n, v) in cached if n == name and v not in snap.resident[name]]
-            views[name] = ModelVersions(
+            views[name] = ModelView(
                 name=name,
                 specs=specs,
                 default_version=snap.defaults[name],
@@ -182,7 +182,7 @@ class Registry:
             )
         return views
 
-    def resolve(self, name: str | None, version: int | None) -> Generator:
+    def resolve(self, name: str | None, version: int | None) -> OnnxGenerator:
         """The generator asked for: the default model and its default version unless named."""
         # The hot path: a loaded version of the policy is two or three dict lookups, no lock.
         snap = self._snapshot
@@ -197,7 +197,7 @@ class Registry:
                 return generator
         return self._resolve_other(snap, name, version)
 
-    def _resolve_other(self, snap: _Snapshot, name: str | None, version: int | None) -> Generator:
+    def _resolve_other(self, snap: _Snapshot, name: str | None, version: int | None) -> OnnxGenerator:
         """A version outside the policy (from the cache or loaded now), or the right error."""
         spec = self._servable(snap, name, version)
         key = (spec.name, spec.version)
@@ -216,7 +216,7 @@ class Registry:
             )
         return self._load_on_demand(spec)
 
-    def _servable(self, snap: _Snapshot, name: str | None, version: int | None) -> ModelSpec:
+    def _servable(self, snap: _Snapshot, name: str | None, version: int | None) -> ModelVersion:
         """The spec of a servable version, or the 404 / 503 that says why there is none."""
         if not snap.specs:
             raise ApiError(503, "not_ready", "no model is loaded")
@@ -239,7 +239,7 @@ class Registry:
             f"model {shown(name)} has no version {shown(version)}; versions: {list(specs)}",
         )
 
-    def _load_on_demand(self, spec: ModelSpec) -> Generator:
+    def _load_on_demand(self, spec: ModelVersion) -> OnnxGenerator:
         """Load a servable version outside the policy into the LRU cache (one load at a time)."""
         key = (spec.name, spec.version)
         with self._lock:
@@ -368,7 +368,7 @@ class Registry:
 
     def _read_new(
         self, name: str, version: int, path: Path, problems: list[str] | None
-    ) -> ModelSpec | None:
+    ) -> ModelVersion | None:
         try:
             if self._rejected.get(path) == fingerprint(path):
                 return None  # unchanged since it was refused: not retried
@@ -388,7 +388,7 @@ class Registry:
         limit = self.policy.limit
         for name in list(specs):
             versions = specs[name]
-            kept: dict[int, Generator] = {}
+            kept: dict[int, OnnxGenerator] = {}
             for version in self.policy.candidates(versions):
                 if limit is not None and len(kept) == limit:
                     break
@@ -426,9 +426,9 @@ class Registry:
 
     # --- Loading, refusing, caching -----------------------------------------------------
 
-    def _load(self, spec: ModelSpec) -> Generator:
+    def _load(self, spec: ModelVersion) -> OnnxGenerator:
         settings = self.settings
-        generator = load_generator(spec, settings.threads, settings.batching, settings.providers)
+        generator = load_onnx_generator(spec, settings.threads, settings.batching, settings.providers)
         metrics.MODEL_LOADS.labels(spec.name).inc()
         log.info("loaded model %s version %d", spec.name, spec.version)
         return generator
@@ -461,7 +461,7 @@ class Registry:
         reason = str(error).replace(f"{path}: ", "").replace(str(path), f"{name}/{version}")
         self._reasons[path] = Rejected(name, version, reason)
 
-    def _cache_put(self, key: Key, generator: Generator) -> None:
+    def _cache_put(self, key: Key, generator: OnnxGenerator) -> None:
         """Add to the cache as the most recently used, evicting the least recently used."""
         self._cache[key] = generator
         self._used[key] = next(self._ticks)

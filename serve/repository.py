@@ -36,7 +36,7 @@ class RepositoryError(Exception):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelVersion:
     """A model version whose files passed the checks that need no session."""
 
     name: str
@@ -127,7 +127,7 @@ def _is_tensor(entry: Any, name: str, dtype: str, static: list[int]) -> bool:
     )
 
 
-def read_spec(path: Path, name: str, version: int) -> ModelSpec:
+def read_spec(path: Path, name: str, version: int) -> ModelVersion:
     """Check one version directory's files and metadata (everything but the session)."""
     try:
         return _read_spec(path, name, version)
@@ -135,7 +135,7 @@ def read_spec(path: Path, name: str, version: int) -> ModelSpec:
         raise ModelError(f"{path}: {e}") from None
 
 
-def _read_spec(path: Path, name: str, version: int) -> ModelSpec:
+def _read_spec(path: Path, name: str, version: int) -> ModelVersion:
     for file in (ONNX_FILE, JSON_FILE):
         _expect((path / file).is_file(), f"missing {file}")
     try:
@@ -195,7 +195,7 @@ def _read_spec(path: Path, name: str, version: int) -> ModelSpec:
     sha = _field(meta, "onnx.sha256", str).lower()
     actual = sha256_of(path / ONNX_FILE)
     _expect(actual == sha, f"sha256 of {ONNX_FILE} is {actual}, {JSON_FILE} says {sha}")
-    return ModelSpec(
+    return ModelVersion(
         name=name,
         version=version,
         path=path,
@@ -218,9 +218,9 @@ def find_versions(models_dir: Path) -> dict[str, dict[int, Path]]:
     return found
 
 
-def _read_all(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
+def _read_all(models_dir: Path) -> tuple[list[ModelVersion], list[str]]:
     """Every version's spec that ``read_spec`` passes, and the problems of the others."""
-    specs: list[ModelSpec] = []
+    specs: list[ModelVersion] = []
     problems: list[str] = []
     for name, versions in find_versions(models_dir).items():
         for version, path in versions.items():
@@ -231,7 +231,7 @@ def _read_all(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
     return specs, problems
 
 
-def check_repository(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
+def check_repository(models_dir: Path) -> tuple[list[ModelVersion], list[str]]:
     """The versions whose files pass ``read_spec``, and the problems of the others.
 
     A RepositoryError only when there is nothing to serve: no directory, no model, or no
@@ -245,7 +245,7 @@ def check_repository(models_dir: Path) -> tuple[list[ModelSpec], list[str]]:
     return specs, problems
 
 
-def validate_repository(models_dir: Path) -> list[ModelSpec]:
+def validate_repository(models_dir: Path) -> list[ModelVersion]:
     """Every version of every model, checked; any problem is a RepositoryError."""
     specs, problems = _read_all(models_dir)
     if problems:

@@ -1,7 +1,7 @@
 """The Open Inference Protocol v2 (KServe / Triton HTTP/REST) beside ``/generate``.
 
 Health, server and model metadata, and ``infer`` with JSON tensors and the binary tensor data
-extension. Inference runs through the same ``Generator.generate`` as ``/generate`` (its
+extension. Inference runs through the same ``OnnxGenerator.generate`` as ``/generate`` (its
 batching rule included), so the images are byte-identical to ``format: npy`` for the same z
 and labels. Every error on a ``/v2`` route is the protocol's ``{"error": "<message>"}``.
 """
@@ -19,9 +19,9 @@ from serve import metrics
 from serve.api import state
 from serve.errors import ApiError, clip, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
-from serve.model import Generator
+from serve.model import OnnxGenerator
 from serve.openapi import API_VERSION, NAME_HEADER, VERSION_HEADER
-from serve.repository import ModelSpec
+from serve.repository import ModelVersion
 from serve.schema import JsonBodyError, is_integer, load_json
 
 bp = Blueprint("v2", __name__)
@@ -109,7 +109,7 @@ def _version_number(name: str, text: str) -> int:
     raise ApiError(404, "unknown_version", f"model {shown(name)} has no version {shown(text)}")
 
 
-def _resolve(name: str, version: str | None) -> Generator:
+def _resolve(name: str, version: str | None) -> OnnxGenerator:
     number = None if version is None else _version_number(name, version)
     return state().registry.resolve(name, number)
 
@@ -242,7 +242,7 @@ def _binary_output(req: dict[str, Any]) -> bool:
 
 
 def _inputs(
-    tensors: list[Any], binary: memoryview, spec: ModelSpec, max_samples: int
+    tensors: list[Any], binary: memoryview, spec: ModelVersion, max_samples: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """z [n, d] float32 and labels [n] int64 (or None), every check the model needs done."""
     wanted = {"z": "FP32", "labels": "INT64"} if spec.conditional else {"z": "FP32"}
@@ -323,7 +323,7 @@ def _inputs(
 
 
 def _check_shape(
-    name: str, shape: list[int], spec: ModelSpec, max_samples: int,
+    name: str, shape: list[int], spec: ModelVersion, max_samples: int,
     found: dict[str, tuple[list[int], np.ndarray]],
 ) -> None:
     """z: [n, d] with 1 <= n <= GAN_MAX_SAMPLES; labels: [n] or [n, 1], z's n when z came first."""

@@ -27,7 +27,7 @@ from train.evaluate import (
     precision_recall,
 )
 from train.loop import fit
-from train.models import Generator, ModelSpec
+from train.models import Generator, NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -276,7 +276,7 @@ def test_raw_scores_the_trained_generator_instead_of_its_average(tiny, tmp_path)
     # exactly its own.
     assert not np.array_equal(average, raw)
     for weights, images in ((state["generator"], raw), (state["ema"], average)):
-        G = Generator(ModelSpec(**state["spec"])).eval()
+        G = Generator(NetworkSpec(**state["spec"])).eval()
         G.load_state_dict(weights)
         with torch.no_grad():
             np.testing.assert_array_equal(images, G(torch.from_numpy(z), torch.from_numpy(y)).numpy())

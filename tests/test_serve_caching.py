@@ -20,7 +20,7 @@ from tiny_models import LATENT, write_model, write_repository
 
 from serve import api, imaging, latent
 from serve.app import create_app
-from serve.model import Generator
+from serve.model import OnnxGenerator
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 ATTEMPTS = 400  # requests to try before concluding that one worker takes every connection
@@ -233,10 +233,10 @@ def test_other_routes_have_no_etag(server: Server) -> None:
 
 def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     calls = {"generate": 0, "png": 0, "noise": 0}
-    original_generate, original_png = Generator.generate, imaging.png_bytes
+    original_generate, original_png = OnnxGenerator.generate, imaging.png_bytes
     original_noise = latent.noise_for_seeds
 
-    def generate(self: Generator, *args: Any, **kwargs: Any) -> np.ndarray:
+    def generate(self: OnnxGenerator, *args: Any, **kwargs: Any) -> np.ndarray:
         calls["generate"] += 1
         return original_generate(self, *args, **kwargs)
 
@@ -248,7 +248,7 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         calls["noise"] += 1
         return original_noise(*args)
 
-    monkeypatch.setattr(Generator, "generate", generate)
+    monkeypatch.setattr(OnnxGenerator, "generate", generate)
     monkeypatch.setattr(imaging, "png_bytes", png)
     monkeypatch.setattr(latent, "noise_for_seeds", noise)
     return calls

@@ -15,7 +15,7 @@ from tiny_models import write_model
 
 from serve import imaging, latent
 from serve.app import create_app
-from serve.model import MAX_BATCH, Generator, load_generator
+from serve.model import MAX_BATCH, OnnxGenerator, load_onnx_generator
 from serve.repository import read_spec
 
 
@@ -59,13 +59,13 @@ class SessionSpy:
         return self.session.run(outputs, feeds)  # type: ignore[attr-defined]
 
 
-def one_by_one(generator: Generator, z: np.ndarray) -> np.ndarray:
+def one_by_one(generator: OnnxGenerator, z: np.ndarray) -> np.ndarray:
     return np.concatenate([generator.generate(z[i : i + 1]) for i in range(len(z))])
 
 
 def test_a_batch_size_is_used_once_checked_against_batch_one(tmp_path: Path) -> None:
     path = write_model(tmp_path, "wide", 1, latent=128, shape=(3, 32, 32))
-    generator = load_generator(read_spec(path, "wide", 1), threads=1)
+    generator = load_onnx_generator(read_spec(path, "wide", 1), threads=1)
     z = latent.noise_for_seeds(range(5), 128)
     expected = one_by_one(generator, z)
     spy = SessionSpy(generator.session)
@@ -81,7 +81,7 @@ def test_a_batch_size_is_used_once_checked_against_batch_one(tmp_path: Path) -> 
 
 def test_large_requests_run_in_batches_of_at_most_max_batch(tmp_path: Path) -> None:
     path = write_model(tmp_path, "tiny", 1)
-    generator = load_generator(read_spec(path, "tiny", 1), threads=1)
+    generator = load_onnx_generator(read_spec(path, "tiny", 1), threads=1)
     n = 2 * MAX_BATCH + 3
     z = latent.noise_for_seeds(range(n), 8)
     expected = one_by_one(generator, z)
@@ -94,7 +94,7 @@ def test_large_requests_run_in_batches_of_at_most_max_batch(tmp_path: Path) -> N
 
 def test_a_batch_size_that_changes_the_bits_runs_one_sample_at_a_time(tmp_path: Path) -> None:
     path = write_model(tmp_path, "mixing", 1, batch_dependent=True)
-    generator = load_generator(read_spec(path, "mixing", 1), threads=1)
+    generator = load_onnx_generator(read_spec(path, "mixing", 1), threads=1)
     z = latent.noise_for_seeds(range(4), 8)
     expected = one_by_one(generator, z)
     spy = SessionSpy(generator.session)
@@ -108,7 +108,7 @@ def test_a_batch_size_that_changes_the_bits_runs_one_sample_at_a_time(tmp_path: 
 
 def test_batching_off_runs_one_sample_at_a_time(tmp_path: Path) -> None:
     path = write_model(tmp_path, "tiny", 1)
-    generator = load_generator(read_spec(path, "tiny", 1), threads=1, batching=False)
+    generator = load_onnx_generator(read_spec(path, "tiny", 1), threads=1, batching=False)
     spy = SessionSpy(generator.session)
     generator.session = spy  # type: ignore[assignment]
     generator.generate(latent.noise_for_seeds(range(3), 8))
@@ -118,7 +118,7 @@ def test_batching_off_runs_one_sample_at_a_time(tmp_path: Path) -> None:
 def test_batch_dependent_model_really_differs_in_a_batch(tmp_path: Path) -> None:
     # The fallback test above is only meaningful if batching would change this model's bits.
     path = write_model(tmp_path, "mixing", 1, batch_dependent=True)
-    generator = load_generator(read_spec(path, "mixing", 1), threads=1)
+    generator = load_onnx_generator(read_spec(path, "mixing", 1), threads=1)
     z = latent.noise_for_seeds(range(4), 8)
     batched = generator.session.run(["images"], {"z": z})[0]
     assert batched.tobytes() != one_by_one(generator, z).tobytes()

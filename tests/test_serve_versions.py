@@ -63,13 +63,13 @@ def assert_error(response: Any, status: int, code: str) -> str:
 
 
 class LoadCounter:
-    """Wraps the registry's load_generator: counts the loads of each (name, version)."""
+    """Wraps the registry's load_onnx_generator: counts the loads of each (name, version)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> None:
         self.loads: list[tuple[str, int]] = []
         self.delay = delay
-        self._load = registry_module.load_generator
-        monkeypatch.setattr(registry_module, "load_generator", self)
+        self._load = registry_module.load_onnx_generator
+        monkeypatch.setattr(registry_module, "load_onnx_generator", self)
 
     def __call__(self, spec: Any, *settings: Any) -> Any:
         self.loads.append((spec.name, spec.version))

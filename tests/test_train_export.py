@@ -11,7 +11,7 @@ from train_helpers import tiny_config
 
 from serve.latent import noise_for_seeds
 from train.errors import TrainError
-from train.export import export, load_generator
+from train.export import export, load_trained_generator
 from train.loop import fit
 
 
@@ -44,7 +44,7 @@ def test_export_writes_valid_model_and_metadata(runs, tmp_path):
     assert [(i.name, i.shape) for i in session.get_inputs()] == [("z", ["n", 100])]
     z = noise_for_seeds(range(5), 100)
     got = session.run(["images"], {"z": z})[0]
-    G, _ = load_generator(runs["dcgan"])
+    G, _ = load_trained_generator(runs["dcgan"])
     with torch.no_grad():
         expected = G(torch.from_numpy(z)).numpy()
     assert got.shape == (5, 1, 28, 28)
@@ -71,7 +71,7 @@ def test_export_at_a_temperature_scales_the_noise_inside_the_graph(runs, tmp_pat
     assert meta["latent"]["distribution"] == "standard_normal"  # callers' noise is unchanged
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
     z, labels = noise_for_seeds(range(4), 100), np.array([0, 1, 2, 0])
-    G, _ = load_generator(runs["cond"])
+    G, _ = load_trained_generator(runs["cond"])
     with torch.no_grad():
         expected = G(torch.from_numpy(1.25 * z), torch.from_numpy(labels)).numpy()
         untempered = G(torch.from_numpy(z), torch.from_numpy(labels)).numpy()

@@ -17,7 +17,7 @@ from train import loop
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.errors import TrainError
 from train.loop import Interrupted, fit
-from train.models import Generator, ModelSpec
+from train.models import Generator, NetworkSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ def test_bad_class_loss_is_refused(tmp_path, options, text):
 
 
 def test_recalibrated_statistics_are_the_generators_own_output_statistics():
-    spec = ModelSpec(width=8, num_classes=3)
+    spec = NetworkSpec(width=8, num_classes=3)
     G = Generator(spec).eval()
     first_norm = next(m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
     inputs = []
@@ -178,7 +178,7 @@ def test_recalibrated_statistics_are_the_generators_own_output_statistics():
 def test_saved_weight_average_carries_its_own_statistics(tmp_path):
     run = fit(tiny_config(tmp_path, steps=3, ema=0.9, conditional=True), progress=False)
     state = load_checkpoint(run / "checkpoint.pt")
-    spec = ModelSpec(**state["spec"])
+    spec = NetworkSpec(**state["spec"])
     G = Generator(spec)
     G.load_state_dict(state["ema"])
     loop.recalibrate_batchnorm(G, spec, torch.device("cpu"), seed=state["config"]["seed"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from train.models import Discriminator, Generator, ModelSpec, batch_std, check_spec
+from train.models import Discriminator, Generator, NetworkSpec, batch_std, check_spec
 
 
 @pytest.mark.parametrize("size", [8, 12, 28, 32])
@@ -11,7 +11,7 @@ from train.models import Discriminator, Generator, ModelSpec, batch_std, check_s
 @pytest.mark.parametrize(("classes", "spectral_norm", "projection", "spread"),
                          [(0, False, "flat", False), (10, True, "flat", True), (10, False, "pooled", True)])
 def test_dcgan_shapes(size, d_depth, classes, spectral_norm, projection, spread):
-    spec = ModelSpec(image_size=size, width=8, num_classes=classes, spectral_norm=spectral_norm,
+    spec = NetworkSpec(image_size=size, width=8, num_classes=classes, spectral_norm=spectral_norm,
                      d_depth=d_depth, d_projection=projection, d_batch_std=spread)
     check_spec(spec)
     labels = torch.arange(5) % 10 if classes else None
@@ -28,7 +28,7 @@ def test_dcgan_shapes(size, d_depth, classes, spectral_norm, projection, spread)
 @pytest.mark.parametrize("projection", ["flat", "pooled"])
 def test_class_term_is_the_projection_of_the_features(projection):
     torch.manual_seed(0)
-    D = Discriminator(ModelSpec(num_classes=3, width=8, d_projection=projection)).eval()
+    D = Discriminator(NetworkSpec(num_classes=3, width=8, d_projection=projection)).eval()
     x = torch.rand(4, 1, 28, 28)
     maps = D.features(x)
     phi = maps.sum(dim=(2, 3)) if projection == "pooled" else maps.flatten(1)
@@ -42,7 +42,7 @@ def test_class_term_is_the_projection_of_the_features(projection):
 @pytest.mark.parametrize("arch", ["mlp", "dcgan"])
 def test_class_head_reads_the_features_averaged_over_space(arch):
     torch.manual_seed(0)
-    D = Discriminator(ModelSpec(arch=arch, num_classes=3, width=8, d_depth=3, d_classes=True)).eval()
+    D = Discriminator(NetworkSpec(arch=arch, num_classes=3, width=8, d_depth=3, d_classes=True)).eval()
     x, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
     out, classes = D(x, labels, classes=True)
     torch.testing.assert_close(out, D(x, labels))  # the verdict is the one without the head
@@ -51,11 +51,11 @@ def test_class_head_reads_the_features_averaged_over_space(arch):
     torch.testing.assert_close(classes, D.classify(pooled))
     assert classes.shape == (4, 3)
     with pytest.raises(ValueError, match="no class head"):
-        Discriminator(ModelSpec(arch=arch, num_classes=3, width=8))(x, labels, classes=True)
+        Discriminator(NetworkSpec(arch=arch, num_classes=3, width=8))(x, labels, classes=True)
 
 
 def test_deeper_discriminator_has_the_reference_layout_at_28():
-    D = Discriminator(ModelSpec(d_depth=3, spectral_norm=False))
+    D = Discriminator(NetworkSpec(d_depth=3, spectral_norm=False))
     convs = [m for m in D.features if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
         (1, 64, 4), (64, 128, 4), (128, 256, 3)]
@@ -69,7 +69,7 @@ def test_deeper_discriminator_has_the_reference_layout_at_28():
 ])
 def test_unsupported_discriminator_is_refused(options, text):
     with pytest.raises(ValueError, match=text):
-        check_spec(ModelSpec(**options))
+        check_spec(NetworkSpec(**options))
 
 
 def test_batch_spread_is_zero_for_identical_samples_and_per_group_otherwise():
@@ -90,7 +90,7 @@ def test_batch_spread_is_zero_for_identical_samples_and_per_group_otherwise():
 
 def test_batch_spread_changes_the_discriminator_s_verdict_on_a_collapsed_batch():
     torch.manual_seed(0)
-    D = Discriminator(ModelSpec(width=8, d_batch_std=True))
+    D = Discriminator(NetworkSpec(width=8, d_batch_std=True))
     with torch.no_grad():
         D.head.weight[0, -7 * 7:] = 1.0  # weigh the spread map (7 x 7 at 28 px) heavily
         varied = torch.rand(8, 1, 28, 28)
@@ -99,5 +99,5 @@ def test_batch_spread_changes_the_discriminator_s_verdict_on_a_collapsed_batch()
 
 
 def test_class_term_without_spectral_norm_starts_as_small_as_the_other_weights():
-    D = Discriminator(ModelSpec(num_classes=10, spectral_norm=False))
+    D = Discriminator(NetworkSpec(num_classes=10, spectral_norm=False))
     assert D.project.weight.std() < 0.05

@@ -200,9 +200,9 @@ class Source:
 def from_checkpoint(run: Path, raw: bool = False, temperature: float = 1.0) -> Source:
     """A run directory or checkpoint file -> its generator (the weight average if kept, unless
     raw), sampling z at `temperature` as `train export --temperature` would."""
-    from train.export import load_generator, with_temperature
+    from train.export import load_trained_generator, with_temperature
 
-    G, state = load_generator(run, raw)
+    G, state = load_trained_generator(run, raw)
     G = with_temperature(G, temperature)
 
     @torch.no_grad()

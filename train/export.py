@@ -31,7 +31,7 @@ from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.errors import TrainError
 from train.files import fsync_directory, fsync_file
-from train.models import Generator, ModelSpec
+from train.models import Generator, NetworkSpec
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PARITY_SEEDS = list(range(8))
@@ -45,14 +45,14 @@ def checkpoint_path(run: Path) -> Path:
     return run / "checkpoint.pt" if run.is_dir() else run
 
 
-def load_generator(run: Path, raw: bool = False) -> tuple[Generator, dict]:
+def load_trained_generator(run: Path, raw: bool = False) -> tuple[Generator, dict]:
     """The generator to publish (the weight average if the run kept one), in eval mode.
 
     ``raw`` takes the trained generator itself even when a weight average exists.
     """
     state = load_checkpoint(checkpoint_path(run))
     try:
-        spec = ModelSpec(**state["spec"])
+        spec = NetworkSpec(**state["spec"])
         G = Generator(spec)
         G.load_state_dict(state["generator"] if raw else state["ema"] or state["generator"])
     except (TypeError, KeyError, RuntimeError) as e:
@@ -98,7 +98,7 @@ def read_metrics(path: Path, temperature: float) -> dict:
     return metrics
 
 
-def parity_inputs(spec: ModelSpec, seeds: list[int]) -> dict[str, np.ndarray]:
+def parity_inputs(spec: NetworkSpec, seeds: list[int]) -> dict[str, np.ndarray]:
     """The ONNX inputs for seeds under the latent spec (labels by the spec: seed % classes)."""
     feeds = {"z": latent.noise_for_seeds(seeds, spec.latent_size)}
     if spec.num_classes:
@@ -194,7 +194,7 @@ def export(
     if version is not None and version < 1:
         raise TrainError(f"version must be a positive integer, got {version}")
     metrics = read_metrics(Path(metrics_file), temperature) if metrics_file else {}
-    G, state = load_generator(run)
+    G, state = load_trained_generator(run)
     G = with_temperature(G, temperature)
     model_dir = Path(models_dir) / name
     try:

@@ -45,7 +45,7 @@ from train.distributed import SINGLE, Shard
 from train.errors import TrainError
 from train.files import atomic_write, remove_temporaries
 from train.images import save_grid
-from train.models import Discriminator, Generator, ModelSpec, check_spec
+from train.models import Discriminator, Generator, NetworkSpec, check_spec
 
 # Samples the weight average's BatchNorm statistics are recomputed from before each save.
 CALIBRATION_SAMPLES, CALIBRATION_BATCH = 12_800, 256
@@ -136,7 +136,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
+def spec_for(cfg: TrainConfig, data: ImageSet) -> NetworkSpec:
     """The networks' spec for a config and the data it trains on."""
     c, h, w = data.shape
     if h != w:
@@ -153,7 +153,7 @@ def spec_for(cfg: TrainConfig, data: ImageSet) -> ModelSpec:
         raise TrainError("--class-loss needs --conditional: it scores images against their labels")
     if cfg.conditional and data.labels is None:
         raise TrainError(f"--conditional needs labels, and dataset {data.name!r} has none")
-    spec = ModelSpec(
+    spec = NetworkSpec(
         arch=cfg.arch, latent_size=cfg.latent_size, channels=c, image_size=h,
         num_classes=len(data.classes) if cfg.conditional else 0, width=cfg.width,
         spectral_norm=cfg.spectral_norm, d_depth=cfg.d_depth,
@@ -252,7 +252,7 @@ class Run:
     """The state of one training run: networks, optimizers, noise RNG, step."""
 
     def __init__(
-        self, cfg: TrainConfig, spec: ModelSpec, device: torch.device, about: dict | None = None
+        self, cfg: TrainConfig, spec: NetworkSpec, device: torch.device, about: dict | None = None
     ):
         self.cfg, self.spec, self.device = cfg, spec, device
         self.about = about or {}  # dataset, classes, command: carried into model.json
@@ -453,7 +453,7 @@ class Run:
 
 @torch.no_grad()
 def recalibrate_batchnorm(
-    G: Generator, spec: ModelSpec, device: torch.device, seed: int,
+    G: Generator, spec: NetworkSpec, device: torch.device, seed: int,
     samples: int = CALIBRATION_SAMPLES, batch: int = CALIBRATION_BATCH,
 ) -> None:
     """Recompute G's BatchNorm running statistics as exact averages over its own outputs.
@@ -567,7 +567,7 @@ def _fit(
     }
     run = Run(cfg, spec, device, about)
     if state is not None:
-        if ModelSpec(**state["spec"]) != spec:
+        if NetworkSpec(**state["spec"]) != spec:
             raise TrainError(f"{ckpt_path} was trained with {state['spec']}, not {spec.to_dict()}")
         run.load(state)
     run.distribute(shard)

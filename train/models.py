@@ -18,7 +18,7 @@ PROJECTIONS = ("flat", "pooled")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class NetworkSpec:
     """What a pair of networks is: enough to rebuild them from a checkpoint."""
 
     arch: str = "dcgan"
@@ -53,7 +53,7 @@ def init_weights(module: nn.Module) -> None:
 class Generator(nn.Module):
     """z [n, d] (+ labels [n]) -> images [n, C, H, W] in [0, 1]."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: NetworkSpec):
         super().__init__()
         self.spec = spec
         c, s, d, k = spec.channels, spec.image_size, spec.latent_size, spec.num_classes
@@ -97,7 +97,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """images [n, C, H, W] (+ labels [n]) -> logits [n]."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: NetworkSpec):
         super().__init__()
         self.spec = spec
         c, s, k = spec.channels, spec.image_size, spec.num_classes
@@ -183,7 +183,7 @@ def batch_std(maps: torch.Tensor, group: int = 4) -> torch.Tensor:
     return spread.repeat(g, 1, 1).unsqueeze(1)  # [n, 1, h, w]
 
 
-def check_spec(spec: ModelSpec) -> None:
+def check_spec(spec: NetworkSpec) -> None:
     """Raise ValueError for a spec the networks cannot be built for."""
     if spec.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {spec.arch!r} (choose from {ARCHITECTURES})")

@@ -42,7 +42,7 @@ def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> 
 
 def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
     """Images from an exported model, checked and run exactly as the service does."""
-    from serve.model import load_generator
+    from serve.model import load_onnx_generator
     from serve.repository import ModelError, read_spec
 
     version_dir = resolve_model_dir(model)
@@ -50,7 +50,7 @@ def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) ->
         raise TrainError(f"{version_dir} is not a version directory (models/<name>/<version>)")
     try:
         spec = read_spec(version_dir, version_dir.parent.name, int(version_dir.name))
-        generator = load_generator(spec, threads=len(os.sched_getaffinity(0)))
+        generator = load_onnx_generator(spec, threads=len(os.sched_getaffinity(0)))
     except ModelError as e:
         raise TrainError(str(e)) from None
     y = labels_for(seeds, labels, len(spec.classes or ()))
@@ -60,9 +60,9 @@ def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) ->
 def images_from_checkpoint(run: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
     import torch
 
-    from train.export import load_generator
+    from train.export import load_trained_generator
 
-    G, _ = load_generator(run)
+    G, _ = load_trained_generator(run)
     z = torch.from_numpy(latent.noise_for_seeds(seeds, G.spec.latent_size))
     y = labels_for(seeds, labels, G.spec.num_classes)
     with torch.no_grad():
