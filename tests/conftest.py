@@ -15,7 +15,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 
 from serve.app import create_app
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from helpers.tiny_models import write_model
 from PIL import Image
-from tiny_models import write_model
 
 from serve.imaging import GRID_PADDING, grid_shape
 

@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from flask import Flask
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 from werkzeug.exceptions import HTTPException
 
 from serve import config

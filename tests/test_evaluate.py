@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from train_helpers import tiny_config, tiny_npz
+from helpers.training import tiny_config, tiny_npz
 
 from train.classifier import Classifier, load_classifier, train_classifier
 from train.data import ImageSet

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.tiny_models import CLASSES, LATENT, SHAPE, edit_json
 from PIL import Image
-from tiny_models import CLASSES, LATENT, SHAPE, edit_json
 
 from serve import latent
 from serve.app import create_app

@@ -13,8 +13,8 @@ import pytest
 import requests
 from conftest import Server
 from flask.testing import FlaskClient
+from helpers.tiny_models import LATENT, write_repository
 from openapi_spec_validator import validate
-from tiny_models import LATENT, write_repository
 
 from serve.app import create_app
 from serve.auth import (

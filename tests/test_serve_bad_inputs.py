@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import ROOT, Server
-from tiny_models import LATENT, write_repository
+from helpers.tiny_models import LATENT, write_repository
 
 MAX_SAMPLES = 16
 MAX_BODY = 65536

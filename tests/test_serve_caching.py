@@ -16,7 +16,7 @@ import requests
 from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
-from tiny_models import LATENT, write_model, write_repository
+from helpers.tiny_models import LATENT, write_model, write_repository
 
 from serve import api, imaging, latent
 from serve.app import create_app

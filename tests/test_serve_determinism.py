@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from helpers.tiny_models import write_model
 from PIL import Image
-from tiny_models import write_model
 
 from serve import imaging, latent
 from serve.app import create_app

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import requests
 from conftest import ROOT, Server
+from helpers.tiny_models import LATENT, SHAPE, metadata, write_model, write_repository
 from onnx import TensorProto, helper, numpy_helper
-from tiny_models import LATENT, SHAPE, metadata, write_model, write_repository
 
 sys.path.insert(0, str(ROOT / "bench"))
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import Server
-from tiny_models import LATENT, corrupt_sha, write_model, write_repository, wrong_output_shape
+from helpers.tiny_models import LATENT, corrupt_sha, write_model, write_repository, wrong_output_shape
 
 from serve import latent
 

@@ -18,10 +18,10 @@ import requests
 from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import CLASSES, LATENT, SHAPE, write_repository
 
 from serve import latent
 from serve.imaging import GRID_PADDING

@@ -13,8 +13,8 @@ import pytest
 import requests
 from conftest import Server
 from flask.testing import FlaskClient
+from helpers.tiny_models import write_repository
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import write_repository
 
 from serve.metrics import BUCKETS
 from serve.repository import read_spec
@@ -216,7 +216,7 @@ def test_unwritable_metrics_dir_stops_gunicorn(
 
 
 def test_registry_counts_loads_reloads_and_rejections(models_dir: Path) -> None:
-    from tiny_models import corrupt_sha, write_model
+    from helpers.tiny_models import corrupt_sha, write_model
 
     from serve import metrics
     from serve.app import create_app

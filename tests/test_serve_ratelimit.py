@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import Server
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 
 from serve.config import ConfigError, load_settings
 from serve.ratelimit import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from tiny_models import corrupt_sha, write_model, wrong_output_shape
+from helpers.tiny_models import corrupt_sha, write_model, wrong_output_shape
 
 from serve.app import create_app
 from serve.registry import Registry

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tiny_models import (
+from helpers.tiny_models import (
     corrupt_onnx,
     corrupt_sha,
     edit_json,

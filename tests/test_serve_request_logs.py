@@ -11,7 +11,7 @@ import pytest
 import requests
 from conftest import start_gunicorn
 from flask.testing import FlaskClient
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 
 from serve.instrument import request_id
 

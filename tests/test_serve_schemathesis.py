@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Server
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 
 MIN_CASES = 5000  # generated requests, all phases together; the run fails below this
 MAX_EXAMPLES = 280  # per operation and phase: about 5,500 cases in all

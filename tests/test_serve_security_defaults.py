@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, START_TIMEOUT, Server, free_port, gunicorn_env
-from tiny_models import write_repository
+from helpers.tiny_models import write_repository
 
 from serve.app import create_app
 from serve.config import ConfigError, load_settings

@@ -16,9 +16,9 @@ import tritonclient.http as httpclient
 from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families
-from tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from tritonclient.utils import InferenceServerException
 
 from serve import latent

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from tiny_models import CLASSES, corrupt_onnx, write_model, wrong_output_shape
+from helpers.tiny_models import CLASSES, corrupt_onnx, write_model, wrong_output_shape
 
 from serve import registry as registry_module
 from serve.app import create_app

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import Server, start_gunicorn
-from tiny_models import write_model, write_repository
+from helpers.tiny_models import write_model, write_repository
 
 from serve.worker import ClientError, frame
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.training import tiny_config
 from PIL import Image
-from train_helpers import tiny_config
 
 from train.export import export
 from train.loop import fit

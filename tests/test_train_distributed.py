@@ -1,6 +1,6 @@
 """Data-parallel training with real torchrun: 2 CPU processes (gloo) against 1.
 
-Each run is the tiny synthetic one of tests/train_helpers.py (32 images, a global batch of 8:
+Each run is the tiny synthetic one of tests/helpers/training.py (32 images, a global batch of 8:
 four steps an epoch). torchrun picks a free port itself (--standalone), so runs never clash.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import tiny_config
+from helpers.training import tiny_config
 
 from train import loop
 from train.checkpoint import load_checkpoint

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from train_helpers import tiny_config
+from helpers.training import tiny_config
 
 from serve.latent import noise_for_seeds
 from train.errors import TrainError

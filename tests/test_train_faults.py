@@ -2,7 +2,7 @@
 checkpoint write) and resumed; an export killed mid-way; an export onto a full disk beside a
 running service.
 
-The runs are the tiny synthetic ones of tests/train_helpers.py (32 images, batches of 8: four
+The runs are the tiny synthetic ones of tests/helpers/training.py (32 images, batches of 8: four
 steps an epoch), so they need no dataset. Where a kill must land at one exact point (inside a
 checkpoint write, inside an export), the child runs the real command line under a small
 bootstrap that pauses it there and says so in a marker file; the test polls for the marker.
@@ -24,8 +24,8 @@ import pytest
 import requests
 import torch
 from conftest import start_gunicorn
-from tiny_models import write_model
-from train_helpers import tiny_config, tiny_npz
+from helpers.tiny_models import write_model
+from helpers.training import tiny_config, tiny_npz
 
 from serve.repository import read_spec, scan, validate_repository
 from train.checkpoint import load_checkpoint

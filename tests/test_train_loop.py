@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import tiny_config
+from helpers.training import tiny_config
 
 from train import loop
 from train.checkpoint import load_checkpoint, save_checkpoint

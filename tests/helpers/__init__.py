@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny model repositories, training configs and servers."""
