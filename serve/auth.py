@@ -17,9 +17,9 @@ import hmac
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 
@@ -211,5 +211,5 @@ def install_guard(app: Flask, settings: Settings, limiter: Limiter | None) -> No
         return None
 
     # First of the before-request hooks: a refused request costs no rescan or other work.
-    hooks: list[Callable[[], Response | None]] = app.before_request_funcs.setdefault(None, [])
+    hooks: list[Any] = app.before_request_funcs.setdefault(None, [])
     hooks.insert(0, guard)

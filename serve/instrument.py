@@ -89,7 +89,8 @@ def _route_of_unmatched(app: Flask) -> str:
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         try:
             adapter = app.url_map.bind_to_environ(request.environ)
-            rule, _ = adapter.match(method=error.valid_methods[0], return_rule=True)
+            valid = list(error.valid_methods)
+            rule, _ = adapter.match(method=valid[0], return_rule=True)  # type: ignore[call-overload]
             return rule.rule
         except HTTPException:
             pass

@@ -180,7 +180,7 @@ def load_onnx_generator(
 def probe(generator: OnnxGenerator) -> None:
     """Run one sample, so a model that fails or returns another shape is refused at load."""
     spec = generator.spec
-    feeds = {"z": np.zeros((1, spec.latent_size), dtype=np.float32)}
+    feeds: dict[str, np.ndarray] = {"z": np.zeros((1, spec.latent_size), dtype=np.float32)}
     if spec.conditional:
         feeds["labels"] = np.zeros(1, dtype=np.int64)
     try:

@@ -236,7 +236,7 @@ def build_spec(max_samples: int, max_body_bytes: int) -> dict[str, Any]:
         }
         for name, schema in query["properties"].items()
     ]
-    spec = {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "GAN image generator",

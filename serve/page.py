@@ -76,7 +76,8 @@ def serve_file(path: str) -> Response:
         },
     )
     response.set_etag(file.etag)
-    return response.make_conditional(request)
+    response.make_conditional(request)  # in place: a 304 when If-None-Match matches
+    return response
 
 
 def _view(path: str) -> Callable[[], Response]:

@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from gunicorn import http, util
 from gunicorn.http import wsgi
@@ -180,6 +180,8 @@ class Connection:
 class EventWorker(base.Worker):
     """gunicorn worker: a selector loop over the listeners and connections of one process."""
 
+    alive: bool  # gunicorn's: False once the worker is to stop
+
     def init_process(self) -> None:
         settings = load_settings()
         self.keepalive = settings.keepalive
@@ -236,7 +238,7 @@ class EventWorker(base.Worker):
                 continue
             for key, mask in events:
                 if key.data is None:
-                    self._accept(key.fileobj)
+                    self._accept(cast(socket.socket, key.fileobj))
                 elif key.data == "pipe":
                     try:
                         os.read(self.PIPE[0], 4096)
