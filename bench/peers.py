@@ -20,7 +20,7 @@ every target on the same scenarios, interleaved: ``for round: for scenario: for 
   200 from ``/readyz``, or the plain app's ``/hello``, and to the first image), and after the
   load the PSS and RSS of each target's process tree. ``--json`` writes every measurement.
 
-    python bench/peers.py --model models/mnist-dcgan/2 --duration 5 --rounds 2 --json out/peers.jsonl
+    python bench/peers.py --model models/mnist-dcgan/7 --duration 5 --rounds 2 --json out/peers.jsonl
     python bench/peers.py --model models/mnist-dcgan/7 --start-triton DIR --json out/peers.jsonl
 
 The service runs from a temporary repository holding only the chosen version, so every target
@@ -486,7 +486,7 @@ def model_spec(path: Path) -> ModelVersion:
     """The checked spec of a version directory models/<name>/<version>."""
     path = path.resolve()
     if not path.name.isdigit():
-        raise BenchError(f"--model wants a version directory such as models/mnist-dcgan/2, got {path}")
+        raise BenchError(f"--model wants a version directory such as models/mnist-dcgan/7, got {path}")
     try:
         return read_spec(path, path.parent.name, int(path.name))
     except ModelError as e:
@@ -651,7 +651,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--model", type=Path, required=True,
-                        help="a version directory, e.g. models/mnist-dcgan/2")
+                        help="a version directory, e.g. models/mnist-dcgan/7")
     parser.add_argument("--repository", choices=("single", "shipped"), default="single",
                         help="the service serves only that version (default) or all of models/")
     parser.add_argument("--duration", type=float, default=5.0,

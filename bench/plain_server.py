@@ -1,6 +1,6 @@
 """The baseline for bench/peers.py: the plain Flask app a user would write around one model.onnx.
 
-    export PLAIN_MODEL=$PWD/models/mnist-dcgan/2/model.onnx   # absolute: --chdir moves to bench/
+    export PLAIN_MODEL=$PWD/models/mnist-dcgan/7/model.onnx   # absolute: --chdir moves to bench/
     gunicorn -w 2 -b 127.0.0.1:8100 --chdir bench plain_server:app
 
 (bench/peers.py adds ``--no-control-socket``: gunicorn's default control socket is one path per

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "mnist-dcgan" / "2"
+MODEL = ROOT / "models" / "mnist-dcgan" / "7"
 
 # Captured from `wrk -t1 -c8 -d2s --latency -s bench/generate.lua URL` (wrk 4.1.0), with a
 # socket errors line in wrk's format added.
@@ -80,7 +80,7 @@ def check_records(records, scenarios, load):
     kinds = {r["kind"] for r in records}
     assert kinds == {"run", "check", "load", "memory", "cold_start"}
     (run,) = [r for r in records if r["kind"] == "run"]
-    assert (run["model"], run["version"], run["loader"]) == ("mnist-dcgan", 2, load)
+    assert (run["model"], run["version"], run["loader"]) == ("mnist-dcgan", 7, load)
     assert set(run["targets"]) == {"service", "plain"}
 
     (check,) = [r for r in records if r["kind"] == "check"]

@@ -432,12 +432,21 @@ def test_the_model_card_shows_model_json(browser: Browser, server: Server) -> No
     ).content)))
     assert np.array_equal(card_grid, expected)
 
-    browser.select("version", "1")  # the unconditional first version
-    browser.wait_ready("grid", f"{FASHION}:1:any:0:64")
-    assert not browser.el("label-field").is_displayed()
-    browser.wait("document.querySelector('#card dd:nth-of-type(4)').textContent.includes('unconditional')")
-    first = api_grid(server, model=FASHION, version=1, seed=0, n=64)
-    assert_same_images(browser.pixels("#grid .tile img"), first)
+
+def test_another_version_of_an_unconditional_model(
+    browser: Browser, gunicorn: Callable[..., Server], models_dir: Path
+) -> None:
+    """The shipped models are conditional; the tiny repository's ``tiny`` is not."""
+    tiny = gunicorn(GAN_MODELS_DIR=str(models_dir), GAN_WORKERS="1", GAN_DEFAULT_MODEL="tiny",
+                    GAN_ACCESS_LOG="off")
+    page = Browser(browser.driver, browser.downloads, tiny.url)
+    page.open("model=tiny")
+    page.wait_ready("grid", "tiny:2:any:0:64")
+    page.select("version", "1")
+    page.wait_ready("grid", "tiny:1:any:0:64")
+    assert not page.el("label-field").is_displayed()
+    page.wait("document.querySelector('#card dd:nth-of-type(4)').textContent.includes('unconditional')")
+    assert_same_images(page.pixels("#grid .tile img"), api_grid(tiny, model="tiny", version=1, seed=0, n=64))
 
 
 def test_download_saves_the_grid_png(browser: Browser, server: Server) -> None:
