@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from serve import imaging, latent  # noqa: E402
 from serve.config import ConfigError, cpu_count, load_settings  # noqa: E402
-from serve.repository import ModelError, ModelVersion, read_spec  # noqa: E402
+from serve.repository import ModelError, ModelVersion, is_version_name, read_spec  # noqa: E402
 
 LUA_SCRIPT = ROOT / "bench" / "generate.lua"
 START_TIMEOUT = 120.0  # seconds for a server to answer: a bound, not an expectation
@@ -485,7 +485,7 @@ def grid_of(target: Target, spec: ModelVersion, bodies: dict[int, Path]) -> np.n
 def model_spec(path: Path) -> ModelVersion:
     """The checked spec of a version directory models/<name>/<version>."""
     path = path.resolve()
-    if not path.name.isdigit():
+    if not is_version_name(path.name):
         raise BenchError(f"--model wants a version directory such as models/mnist-dcgan/7, got {path}")
     try:
         return read_spec(path, path.parent.name, int(path.name))

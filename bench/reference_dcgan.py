@@ -38,7 +38,7 @@ from train.classifier import WEIGHTS_DIR, load_classifier, load_splits  # noqa: 
 from train.errors import TrainError  # noqa: E402
 from train.evaluate import Evaluator, Source, from_checkpoint, from_onnx  # noqa: E402
 from train.export import checkpoint_path  # noqa: E402
-from train.sample import resolve_model_dir  # noqa: E402
+from train.sample import read_model  # noqa: E402
 
 NZ, NGF, NDF, BATCH = 100, 64, 64, 64
 
@@ -252,7 +252,7 @@ def load_ours(path: Path) -> Ours:
         config, steps, size = state["config"], state["step"], state["dataset"]["size"]
         source, metrics = from_checkpoint(path), checkpoint_path(path).parent / "metrics.csv"
     else:
-        meta = json.loads((resolve_model_dir(path) / "model.json").read_text())
+        meta = read_model(path).meta  # checked as the service checks it
         config, steps, size = meta["training"]["config"], meta["training"]["steps"], meta["dataset"]["size"]
         # The run that made the model, if it is still where training left it (a resume may
         # have changed how long it trains; any other difference means another run).

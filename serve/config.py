@@ -11,6 +11,7 @@ from pathlib import Path
 
 from serve.auth import DEFAULT_EXEMPT, load_token_file, parse_exempt, tokens_from_variable
 from serve.ratelimit import RateLimit, parse_proxy_hops, parse_rate_limit
+from serve.repository import MODEL_NAME_RE
 
 PREFIX = "GAN_"
 VARIABLES = (
@@ -47,7 +48,6 @@ REPLACEMENT_WORKER_ENV = "SERVE_REPLACEMENT_WORKER"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 SWITCHES = {"on": True, "off": False}
-MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 _INT_RE = re.compile(r"[0-9]+\Z")
 # Short names for onnxruntime's execution providers; a full name (``...ExecutionProvider``)
 # is taken as it is.

@@ -1,7 +1,10 @@
 """The model repository on disk: ``<models_dir>/<name>/<version>/{model.onnx, model.json}``.
 
-This module reads and checks files only; it never creates an onnxruntime session, so the
-gunicorn master can validate the repository before it forks workers.
+The one owner of the model format (docs/model-format.md): its constants and file names, the
+model-name and version-directory rules, the tensor entries of model.json, the next version
+number, and the reader (``read_spec``) that the service, export, sample, evaluate and the
+benchmarks all use. This module reads and checks files only; it imports neither torch nor
+onnxruntime, so the gunicorn master can validate the repository before it forks workers.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serve import latent
-from serve.config import MODEL_NAME_RE
 
 ONNX_FILE = "model.onnx"
 JSON_FILE = "model.json"
 FORMAT = 1
 CHANNELS = (1, 3)  # grayscale or RGB: what a PNG tile can hold
+# A model name: a directory under the repository, a URL path segment, GAN_DEFAULT_MODEL.
+# ``\Z``, not ``$``: ``$`` also matches before a final newline.
+MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+_CHUNK = 1 << 20  # bytes hashed at a time
 
 _KINDS = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object"}
 
@@ -59,9 +66,70 @@ class ModelVersion:
         return self.path / ONNX_FILE
 
 
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` is a valid model name (MODEL_NAME_RE)."""
+    return MODEL_NAME_RE.match(name) is not None
+
+
 def is_version_name(entry: str) -> bool:
-    """A positive integer written without leading zeros."""
+    """A positive integer written in ASCII digits without leading zeros (not ``007``, ``²``)."""
     return entry.isascii() and entry.isdigit() and not entry.startswith("0")
+
+
+def version_dirs(model_dir: Path) -> dict[int, Path]:
+    """The version directories of ``models/<name>``, ascending; anything else is skipped."""
+    versions = {
+        int(entry.name): entry
+        for entry in model_dir.iterdir()
+        if is_version_name(entry.name) and entry.is_dir()
+    }
+    return dict(sorted(versions.items()))
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest version of ``models/<name>`` (1 for a new model)."""
+    return max(version_dirs(model_dir), default=0) + 1 if model_dir.is_dir() else 1
+
+
+def resolve_version_dir(path: Path) -> tuple[Path, str, int]:
+    """``models/<name>/<version>`` -> that version; ``models/<name>`` -> its highest version.
+
+    Returns the directory, its model name and its version; a ModelError if ``path`` is
+    neither a version directory nor a model directory holding one.
+    """
+    path = Path(path)
+    if is_version_name(path.name) and path.is_dir() and (path / ONNX_FILE).is_file():
+        return path, path.parent.name, int(path.name)
+    if (path / ONNX_FILE).is_file():
+        raise ModelError(f"{path} is not a version directory (models/<name>/<version>)")
+    versions = version_dirs(path) if path.is_dir() else {}
+    if not versions:
+        raise ModelError(f"no exported model in {path} (expected <version>/{ONNX_FILE})")
+    version = max(versions)
+    return versions[version], path.name, version
+
+
+def read_version_dir(path: Path) -> ModelVersion:
+    """``resolve_version_dir`` then ``read_spec``: the checked spec of a model or version dir."""
+    version_dir, name, version = resolve_version_dir(path)
+    return read_spec(version_dir, name, version)
+
+
+def tensor_entries(
+    latent_size: int, conditional: bool, image_shape: tuple[int, int, int]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``inputs`` and ``output`` entries of model.json for a generator of this shape.
+
+    ``z`` [n, latent_size] float32 (and ``labels`` [n] int64 when conditional) ->
+    ``images`` [n, C, H, W] float32; ``n`` is the symbolic batch dimension.
+    """
+    inputs: list[dict[str, Any]] = [
+        {"name": "z", "dtype": latent.DTYPE, "shape": ["n", latent_size]}
+    ]
+    if conditional:
+        inputs.append({"name": "labels", "dtype": "int64", "shape": ["n"]})
+    output = {"name": "images", "dtype": "float32", "shape": ["n", *image_shape]}
+    return inputs, output
 
 
 def scan(models_dir: Path) -> dict[str, dict[int, Path]]:
@@ -73,16 +141,12 @@ def scan(models_dir: Path) -> dict[str, dict[int, Path]]:
         # Hidden entries are export's temporary directories or VCS files; plain files are notes.
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        if not MODEL_NAME_RE.match(model_dir.name):
+        if not is_model_name(model_dir.name):
             log.warning("skipping %s: not a valid model name", model_dir)
             continue
-        versions = {
-            int(entry.name): entry
-            for entry in model_dir.iterdir()
-            if is_version_name(entry.name) and entry.is_dir()
-        }
+        versions = version_dirs(model_dir)
         if versions:
-            found[model_dir.name] = dict(sorted(versions.items()))
+            found[model_dir.name] = versions
     return found
 
 
@@ -94,8 +158,12 @@ def fingerprint(path: Path) -> tuple[int, ...]:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Hex sha256 of a file's bytes, read in chunks (a model file is never held whole)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _field(meta: dict[str, Any], dotted: str, kind: type) -> Any:
@@ -128,7 +196,12 @@ def _is_tensor(entry: Any, name: str, dtype: str, static: list[int]) -> bool:
 
 
 def read_spec(path: Path, name: str, version: int) -> ModelVersion:
-    """Check one version directory's files and metadata (everything but the session)."""
+    """Check one version directory's files and metadata (everything but the session).
+
+    ``name`` and ``version`` are what model.json must say; they are given, not read from
+    ``path``, so export checks its staging directory under the name and version it will
+    publish it as.
+    """
     try:
         return _read_spec(path, name, version)
     except ModelError as e:
@@ -169,9 +242,7 @@ def _read_spec(path: Path, name: str, version: int) -> ModelVersion:
         )
         classes = tuple(names)
     inputs = _field(meta, "inputs", list)
-    wanted = [{"name": "z", "dtype": "float32", "shape": ["n", size]}]
-    if conditional:
-        wanted.append({"name": "labels", "dtype": "int64", "shape": ["n"]})
+    wanted, _ = tensor_entries(size, conditional, (1, 1, 1))
     _expect(
         len(inputs) == len(wanted)
         and _is_tensor(inputs[0], "z", "float32", [size])

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from train.classifier import WEIGHTS_DIR, accuracy, load_classifier, sha256_file
+from serve.repository import sha256_of
+from train.classifier import WEIGHTS_DIR, accuracy, load_classifier
 from train.data import load_mnist_like
 from train.evaluate import Evaluator, embed
 
@@ -30,7 +31,7 @@ def test_committed_classifier_accuracy(name, minimum):
     found = accuracy(load_classifier(weights), test)
     assert found >= minimum
     recorded = json.loads(weights.with_suffix(".json").read_text())
-    assert recorded["sha256"] == sha256_file(weights)  # the JSON describes these very weights
+    assert recorded["sha256"] == sha256_of(weights)  # the JSON describes these very weights
     assert found == pytest.approx(recorded["test_accuracy"], abs=1e-4)
 
 

@@ -7,7 +7,6 @@ test accuracy. Training is deterministic for a given seed, torch build and threa
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve.repository import sha256_of
 from train.data import MNIST_LIKE, ImageSet, load_dataset, load_mnist_like
 from train.errors import TrainError
 from train.files import atomic_write
@@ -59,11 +59,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_classifier(path: Path) -> Classifier:
@@ -145,7 +140,7 @@ def save_classifier(model: Classifier, path: Path, about: dict) -> dict:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     atomic_write(path, buffer.getbuffer())
-    info = {**about, "file": path.name, "sha256": sha256_file(path),
+    info = {**about, "file": path.name, "sha256": sha256_of(path),
             "parameters": sum(p.numel() for p in model.parameters()),
             "feature_size": model.fc[0].out_features, "torch": torch.__version__,
             "threads": torch.get_num_threads()}

@@ -11,7 +11,7 @@ spec; conditional models get labels seed % num_classes.
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from serve import latent
-from train.classifier import WEIGHTS_DIR, Classifier, load_classifier, load_splits, sha256_file
+from serve.repository import sha256_of
+from train.classifier import WEIGHTS_DIR, Classifier, load_classifier, load_splits
 from train.data import MNIST_LIKE, ImageSet
 from train.errors import TrainError
 
@@ -213,26 +214,19 @@ def from_checkpoint(run: Path, raw: bool = False, temperature: float = 1.0) -> S
 
 
 def from_onnx(model: Path) -> Source:
-    """models/<name>[/<version>] -> its ONNX generator on onnxruntime."""
-    import onnxruntime as ort
+    """models/<name>[/<version>] -> its ONNX generator, checked and loaded as the service does
+    (read_spec's sha256 and metadata checks, the session's inputs and output)."""
+    from serve.model import load_onnx_generator
+    from serve.repository import ModelError
+    from train.sample import read_model
 
-    from train.sample import resolve_model_dir
-
-    version_dir = resolve_model_dir(model)
+    spec = read_model(model)
     try:
-        meta = json.loads((version_dir / "model.json").read_text())
-        latent_size = int(meta["latent"]["size"])
-        num_classes = len(meta.get("classes") or []) if meta.get("conditional") else 0
-        config = meta.get("training", {}).get("config", {})
-        session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TrainError(f"{version_dir} is not a readable exported model: {e}") from None
-
-    def generate(z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        feeds = {"z": z} if labels is None else {"z": z, "labels": labels}
-        return session.run(["images"], feeds)[0]
-
-    return Source(str(version_dir), generate, latent_size, num_classes, config)
+        generator = load_onnx_generator(spec, threads=len(os.sched_getaffinity(0)))
+    except (ModelError, OSError) as e:
+        raise TrainError(str(e)) from None
+    config = spec.meta.get("training", {}).get("config", {})
+    return Source(str(spec.path), generator.generate, spec.latent_size, len(spec.classes or ()), config)
 
 
 def resolve_data(source: Source, dataset: str | None, data: Path | None) -> tuple[str, Path | None]:
@@ -284,7 +278,7 @@ def evaluate(
         "k": evaluator.k,
         "dataset": kind,
         "test_images": len(test),
-        "classifier": {"file": Path(classifier).name, "sha256": sha256_file(classifier)},
+        "classifier": {"file": Path(classifier).name, "sha256": sha256_of(classifier)},
     }
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -27,15 +25,25 @@ import numpy as np
 import torch
 
 from serve import latent
+from serve.repository import (
+    FORMAT,
+    JSON_FILE,
+    MODEL_NAME_RE,
+    ONNX_FILE,
+    ModelError,
+    is_model_name,
+    next_version,
+    read_spec,
+    sha256_of,
+    tensor_entries,
+)
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.errors import TrainError
 from train.files import fsync_directory, fsync_file
 from train.models import Generator, NetworkSpec
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PARITY_SEEDS = list(range(8))
-FORMAT = 1
 STAGING_PREFIX = ".tmp-"  # export's temporary directories: hidden, so never taken for a version
 
 
@@ -106,12 +114,6 @@ def parity_inputs(spec: NetworkSpec, seeds: list[int]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def next_version(model_dir: Path) -> int:
-    """One more than the highest existing version (1 for a new model)."""
-    versions = [int(p.name) for p in model_dir.glob("*") if p.name.isdigit()] if model_dir.is_dir() else []
-    return max(versions, default=0) + 1
-
-
 def export_onnx(G: torch.nn.Module, path: Path, opset: int) -> None:
     """Write G as ONNX: z [n, d] (+ labels [n]) -> images [n, C, H, W], dynamic n."""
     spec = G.spec
@@ -155,9 +157,9 @@ def model_metadata(
     """The model.json document (see docs/model-format.md)."""
     spec = G.spec
     cfg = TrainConfig.from_dict(state["config"])
-    inputs = [{"name": "z", "dtype": "float32", "shape": ["n", spec.latent_size]}]
-    if spec.num_classes:
-        inputs.append({"name": "labels", "dtype": "int64", "shape": ["n"]})
+    inputs, output = tensor_entries(
+        spec.latent_size, bool(spec.num_classes), (spec.channels, spec.image_size, spec.image_size)
+    )
     return {
         "format": FORMAT,
         "name": name,
@@ -169,17 +171,14 @@ def model_metadata(
                    # The graph multiplies z by this before the generator (1: not at all).
                    "temperature": temperature},
         "inputs": inputs,
-        "output": {"name": "images", "dtype": "float32",
-                   "shape": ["n", spec.channels, spec.image_size, spec.image_size],
-                   "range": [0.0, 1.0]},
+        "output": {**output, "range": [0.0, 1.0]},
         "conditional": bool(spec.num_classes),
         "classes": state.get("classes") if spec.num_classes else None,
         "dataset": state.get("dataset", {"name": cfg.dataset}),
         "training": {"config": cfg.to_dict(), "spec": spec.to_dict(), "steps": state["step"],
                      "command": state.get("command"), "resumed": state.get("resumed", [])},
         "metrics": metrics,
-        "onnx": {"file": "model.onnx", "opset": opset,
-                 "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "onnx": {"file": ONNX_FILE, "opset": opset, "sha256": sha256_of(onnx_path),
                  "max_abs_diff": max_abs_diff, "parity_seeds": PARITY_SEEDS},
     }
 
@@ -189,8 +188,8 @@ def export(
     tolerance: float = 1e-4, metrics_file: Path | None = None, temperature: float = 1.0,
 ) -> Path:
     """Export a run's generator as models_dir/name/version; returns that directory."""
-    if not NAME_RE.match(name):
-        raise TrainError(f"model name {name!r} must match {NAME_RE.pattern}")
+    if not is_model_name(name):
+        raise TrainError(f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
     if version is not None and version < 1:
         raise TrainError(f"version must be a positive integer, got {version}")
     metrics = read_metrics(Path(metrics_file), temperature) if metrics_file else {}
@@ -233,6 +232,15 @@ def remove_stale_staging(model_dir: Path) -> list[Path]:
     return stale
 
 
+def check_staged(staging: Path, name: str, version: int) -> None:
+    """Run the service's reader on a staging directory as the version it will become, so an
+    export never publishes a version the service would refuse."""
+    try:
+        read_spec(staging, name, version)
+    except ModelError as e:
+        raise TrainError(f"the service would refuse this export, so nothing was published: {e}") from None
+
+
 def publish(
     G: torch.nn.Module, state: dict, model_dir: Path, name: str, version: int, opset: int,
     tolerance: float, metrics: dict, temperature: float,
@@ -252,7 +260,7 @@ def publish(
         raise TrainError(f"cannot write to {model_dir}: {e.strerror}") from None
     try:
         try:
-            onnx_path = tmp / "model.onnx"
+            onnx_path = tmp / ONNX_FILE
             export_onnx(G, onnx_path, opset)
             diff = parity(G, onnx_path, PARITY_SEEDS)
             if not diff <= tolerance:
@@ -261,11 +269,12 @@ def publish(
                     "not published"
                 )
             meta = model_metadata(name, version, G, state, onnx_path, opset, diff, metrics, temperature)
-            with (tmp / "model.json").open("w") as f:
+            with (tmp / JSON_FILE).open("w") as f:
                 f.write(json.dumps(meta, indent=2) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             fsync_file(onnx_path)
+            check_staged(tmp, name, version)
             os.chmod(tmp, 0o755)
             fsync_directory(tmp)
         except OSError as e:

@@ -8,19 +8,28 @@ from pathlib import Path
 import numpy as np
 
 from serve import latent
+from serve.repository import ModelError, ModelVersion, read_version_dir, resolve_version_dir
 from train.errors import TrainError
 from train.images import save_grid
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """models/<name> (its highest version) or models/<name>/<version> -> the version dir."""
-    path = Path(path)
-    if (path / "model.onnx").is_file():
-        return path
-    versions = sorted((int(p.name) for p in path.glob("*") if p.name.isdigit()), reverse=True)
-    if not versions:
-        raise TrainError(f"no exported model in {path} (expected <version>/model.onnx)")
-    return path / str(versions[0])
+    """models/<name> (its highest version) or models/<name>/<version> -> the version dir.
+
+    The repository's rules (serve.repository.resolve_version_dir); a TrainError otherwise.
+    """
+    try:
+        return resolve_version_dir(path)[0]
+    except ModelError as e:
+        raise TrainError(str(e)) from None
+
+
+def read_model(path: Path) -> ModelVersion:
+    """The version that ``path`` names, checked by the service's own reader (read_spec)."""
+    try:
+        return read_version_dir(path)
+    except ModelError as e:
+        raise TrainError(str(e)) from None
 
 
 def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> np.ndarray | None:
@@ -43,13 +52,9 @@ def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> 
 def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
     """Images from an exported model, checked and run exactly as the service does."""
     from serve.model import load_onnx_generator
-    from serve.repository import ModelError, read_spec
 
-    version_dir = resolve_model_dir(model)
-    if not version_dir.name.isdigit():
-        raise TrainError(f"{version_dir} is not a version directory (models/<name>/<version>)")
+    spec = read_model(model)
     try:
-        spec = read_spec(version_dir, version_dir.parent.name, int(version_dir.name))
         generator = load_onnx_generator(spec, threads=len(os.sched_getaffinity(0)))
     except ModelError as e:
         raise TrainError(str(e)) from None
