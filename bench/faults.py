@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peers import free_port, gunicorn, process_tree  # noqa: E402
+from peers import gunicorn, process_tree  # noqa: E402
+from service import free_port, service_command, without_gan  # noqa: E402
 
 from serve.openapi import PID_HEADER  # noqa: E402
 from serve.repository import ONNX_FILE, find_versions  # noqa: E402
@@ -181,12 +182,10 @@ class Service:
 def service(repo: Path, log: Path, **settings: str) -> Iterator[tuple[Service, float]]:
     """The service on ``repo`` with two workers; yields it and its seconds to ready."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAN_")}
-    env |= {"GAN_MODELS_DIR": str(repo), "GAN_WORKERS": "2", "GAN_ACCESS_LOG": "off"} | settings
-    command = [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py",
-               "--bind", f"127.0.0.1:{port}"]
+    env = without_gan() | {"GAN_MODELS_DIR": str(repo), "GAN_WORKERS": "2", "GAN_ACCESS_LOG": "off"}
+    env |= settings
     url = f"http://127.0.0.1:{port}"
-    with gunicorn("service", command, env, log, f"{url}/readyz", f"{url}/generate?seed=0",
+    with gunicorn("service", service_command(port), env, log, f"{url}/readyz", f"{url}/generate?seed=0",
                   GRACE) as (pid, cold):
         yield Service(pid, port, repo), cold["ready_s"]
 

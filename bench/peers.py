@@ -45,7 +45,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,13 +65,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from service import START_TIMEOUT, StartError, free_port, log_text, service_command, spawn, stop, wait_ready  # noqa: E402
+
 from serve import imaging, latent  # noqa: E402
 from serve.config import ConfigError, cpu_count, load_settings  # noqa: E402
 from serve.repository import ModelError, ModelVersion, is_version_name, read_spec  # noqa: E402
 
 LUA_SCRIPT = ROOT / "bench" / "generate.lua"
-START_TIMEOUT = 120.0  # seconds for a server to answer: a bound, not an expectation
-POLL_INTERVAL = 0.01
 WRK_TIMEOUT = "10s"  # a request slower than this counts as a wrk timeout error
 BODIES = 64  # distinct V2 request bodies per n
 SEED_BLOCK = 10**7  # seeds per (round, scenario): rounds and scenarios never repeat a seed
@@ -289,13 +288,6 @@ LOADERS = {"wrk": run_wrk, "python": run_python}
 
 # --- processes --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def request(url: str, method: str = "GET", body: bytes | None = None,
             timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
     """One request on a new connection: status, headers, body."""
@@ -310,26 +302,6 @@ def request(url: str, method: str = "GET", body: bytes | None = None,
         connection.close()
 
 
-def _tail(log: Path) -> str:
-    """The end of a server's log, for error messages."""
-    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
-
-
-def wait_for_200(url: str, process: subprocess.Popen[bytes], log: Path, started: float) -> float:
-    """Poll ``url`` every 10 ms until it answers 200; seconds since ``started``."""
-    deadline = started + START_TIMEOUT
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"{process.args} exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            if request(url, timeout=5)[0] == 200:
-                return time.perf_counter() - started
-        except OSError:
-            pass
-        time.sleep(POLL_INTERVAL)
-    raise BenchError(f"{url} did not answer 200 within {START_TIMEOUT:g} s:\n{_tail(log)}")
-
-
 def _stopped(name: str, pid: int, started: float) -> None:
     """Say how long a target took to stop."""
     print(f"stopped {name} (pid {pid}) in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
@@ -338,25 +310,24 @@ def _stopped(name: str, pid: int, started: float) -> None:
 @contextmanager
 def gunicorn(name: str, command: list[str], env: dict[str, str], log: Path, ready: str,
              first_image: str, grace: float) -> Iterator[tuple[int, dict[str, float]]]:
-    """Spawn gunicorn, time its cold start, yield PID and times; at exit SIGTERM (SIGKILL after grace s)."""
-    with log.open("wb") as out:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # Ctrl-C reaches us; we stop it
+    """Spawn gunicorn, time its cold start, yield PID and times; at exit SIGTERM (SIGKILL after grace s).
+
+    The start, the readiness poll (every 10 ms) and the stop are bench/service.py's.
+    """
+    started = time.perf_counter()
+    process = spawn(command, env, log, new_session=True)  # Ctrl-C reaches us; we stop it
     try:
-        cold = {"ready_s": wait_for_200(ready, process, log, started)}
+        try:
+            cold = {"ready_s": wait_ready(ready, process, log, started=started)}
+        except StartError as e:
+            raise BenchError(str(e)) from None
         if request(first_image)[0] != 200:
-            raise BenchError(f"GET {first_image} failed:\n{_tail(log)}")
+            raise BenchError(f"GET {first_image} failed:\n{log_text(log)}")
         cold["first_image_s"] = time.perf_counter() - started
         yield process.pid, cold
     finally:
         stopping = time.perf_counter()
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace)
         _stopped(name, process.pid, stopping)
 
 
@@ -510,10 +481,8 @@ def start_local(stack: ExitStack, args: argparse.Namespace, spec: ModelVersion, 
     gen = f"/generate?model={spec.name}&version={spec.version}&"
     # The access log is off, as gunicorn's default is for the plain app (the user may say otherwise).
     env = {"GAN_ACCESS_LOG": "off"} | os.environ | {"GAN_MODELS_DIR": str(repo)}
-    command = [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py",
-               "--bind", f"127.0.0.1:{port}"]
-    pid, cold = stack.enter_context(gunicorn("service", command, env, tmp / "service.log", base + "/readyz",
-                                             f"{base}{gen}n=1&seed=0", grace))
+    pid, cold = stack.enter_context(gunicorn("service", service_command(port), env, tmp / "service.log",
+                                             base + "/readyz", f"{base}{gen}n=1&seed=0", grace))
     gan = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("GAN_"))
     service = Target("service", "service", base, f"gunicorn -c serve/gunicorn.conf.py ({workers} workers x "
                      f"{settings.threads} threads), repository {args.repository}{', ' + gan if gan else ''}",

@@ -20,14 +20,13 @@ import argparse
 import http.client
 import itertools
 import multiprocessing
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from service import StartError, free_port, service_command, start_service, without_gan  # noqa: E402
 
 from serve import imaging, latent  # noqa: E402
 from serve.config import cpu_count  # noqa: E402
@@ -64,37 +65,23 @@ class Row:
         return float(np.percentile(self.latencies, q) * 1000)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """gunicorn as documented, bound to loopback; returns once /readyz answers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAN_")}
-    env |= {
+@contextmanager
+def start_server(args: argparse.Namespace, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """gunicorn as documented, bound to loopback (bench/service.py); yields once /readyz answers."""
+    env = without_gan() | {
         "GAN_MODELS_DIR": str(args.models_dir),
         "GAN_WORKERS": str(args.workers),
         "GAN_THREADS": str(args.threads),
         "GAN_LOG_LEVEL": "warning",
         "GAN_RELOAD_INTERVAL": "0",
     }
-    command = [sys.executable, "-m", "gunicorn", "-c", "serve/gunicorn.conf.py",
-               "--bind", f"127.0.0.1:{port}", "--access-logfile", "/dev/null"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if get(port, "/readyz")[0] == 200:
-                return process
-        except OSError:
-            time.sleep(0.1)
-    process.terminate()
-    sys.exit(f"gunicorn not ready after 60 s:\n{log.read_text()}")
+    command = service_command(port, "--access-logfile", "/dev/null")
+    try:
+        with start_service(env, log, port, command=command, timeout=60, grace=60, new_session=False,
+                           tail=None) as (process, _):
+            yield process
+    except StartError as e:
+        sys.exit(str(e))
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -259,16 +246,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        server = start_server(args, port, Path(tmp) / "gunicorn.log")
-        try:
+        with start_server(args, port, Path(tmp) / "gunicorn.log"):
             ceiling = load(port, Row("GET /healthz (HTTP ceiling)", 0), lambda i: "/healthz", args)
             rows.append(ceiling)
             for n in (1, 64):
                 row = Row(f"GET /generate n={n} (PNG grid)", n)
                 rows.append(load(port, row, lambda i, n=n: f"/generate?seed={i * n}&n={n}{query}", args))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
     batch1 = {n: raw(spec, "batch-1", n, args) for n in (1, 64)}
     others = [raw(spec, "batched", 64, args)] + [raw(spec, "pipeline", n, args) for n in (1, 64)]
     print_table(rows + list(batch1.values()) + others, ceiling, batch1)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from helpers.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

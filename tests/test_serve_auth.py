@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
 from flask.testing import FlaskClient
+from helpers.server import Server, assert_start_refused
 from helpers.tiny_models import LATENT, write_repository
 from openapi_spec_validator import validate
 
@@ -269,33 +268,20 @@ SHORT = "short-token"
         ({"GAN_AUTH_EXEMPT": "health,admin"}, "GAN_AUTH_EXEMPT must be none or some of"),
     ],
 )
-def test_bad_auth_settings_stop_gunicorn(
-    repo: Path,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-    env: dict[str, str],
-    fragment: str,
-) -> None:
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), **env)
-    assert result.returncode != 0
-    assert fragment in result.stdout
+def test_bad_auth_settings_stop_gunicorn(repo: Path, env: dict[str, str], fragment: str) -> None:
+    result = assert_start_refused(fragment, GAN_MODELS_DIR=str(repo), **env)
     for token in (SHORT, OLD, "has a space"):
         if token in env.get("GAN_API_TOKEN", ""):
             assert token not in result.stdout  # the message names the token's place, never it
 
 
-def test_token_file_without_tokens_stops_gunicorn(
-    repo: Path, tmp_path: Path,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-) -> None:
+def test_token_file_without_tokens_stops_gunicorn(repo: Path, tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("# nothing yet\n\n")
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), GAN_API_TOKEN_FILE=str(path))
-    assert result.returncode != 0
-    assert "holds no token" in result.stdout
+    assert_start_refused("holds no token", GAN_MODELS_DIR=str(repo), GAN_API_TOKEN_FILE=str(path))
     path.write_text(f"{OLD}\n{SHORT}\n")
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), GAN_API_TOKEN_FILE=str(path))
-    assert result.returncode != 0
-    assert "GAN_API_TOKEN_FILE line 2 is 11 characters long" in result.stdout
+    result = assert_start_refused("GAN_API_TOKEN_FILE line 2 is 11 characters long",
+                                  GAN_MODELS_DIR=str(repo), GAN_API_TOKEN_FILE=str(path))
     assert SHORT not in result.stdout and OLD not in result.stdout
 
 

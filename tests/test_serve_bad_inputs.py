@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ROOT, Server
+from helpers.server import ROOT, Server
 from helpers.tiny_models import LATENT, write_repository
 
 MAX_SAMPLES = 16

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import requests
-from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.server import Server
 from helpers.tiny_models import LATENT, write_model, write_repository
 
 from serve import api, imaging, latent

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, Server
+from helpers.server import ROOT, Server
 from helpers.tiny_models import LATENT, SHAPE, metadata, write_model, write_repository
 from onnx import TensorProto, helper, numpy_helper
 

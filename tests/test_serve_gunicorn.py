@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import Server
+from helpers.server import Server, assert_start_refused
 from helpers.tiny_models import LATENT, corrupt_sha, write_model, write_repository, wrong_output_shape
 
 from serve import latent
@@ -166,24 +166,15 @@ def damage_every_version(damage: Callable[[Path], None]) -> Callable[[Path], Non
     ],
 )
 def test_bad_repository_stops_gunicorn(
-    tmp_path: Path,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-    damage: Callable[[Path], None],
-    fragment: str,
+    tmp_path: Path, damage: Callable[[Path], None], fragment: str
 ) -> None:
     repo = write_repository(tmp_path / "models")
     damage(repo)
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo))
-    assert result.returncode != 0
-    assert fragment in result.stdout
+    assert_start_refused(fragment, GAN_MODELS_DIR=str(repo))
 
 
-def test_missing_repository_stops_gunicorn(
-    tmp_path: Path, gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]]
-) -> None:
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(tmp_path / "nowhere"))
-    assert result.returncode != 0
-    assert "does not exist" in result.stdout
+def test_missing_repository_stops_gunicorn(tmp_path: Path) -> None:
+    assert_start_refused("does not exist", GAN_MODELS_DIR=str(tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize(
@@ -197,15 +188,8 @@ def test_missing_repository_stops_gunicorn(
         ({"GAN_PROVIDERS": "cuda"}, "asks for CUDAExecutionProvider, which this onnxruntime"),
     ],
 )
-def test_bad_settings_stop_gunicorn(
-    repo: Path,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-    env: dict[str, str],
-    fragment: str,
-) -> None:
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), **env)
-    assert result.returncode != 0
-    assert fragment in result.stdout
+def test_bad_settings_stop_gunicorn(repo: Path, env: dict[str, str], fragment: str) -> None:
+    assert_start_refused(fragment, GAN_MODELS_DIR=str(repo), **env)
 
 
 def test_noise_from_numpy_matches_the_server(server: Server) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.server import Server
 from helpers.tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
 from flask.testing import FlaskClient
+from helpers.server import Server, assert_start_refused, start_gunicorn
 from helpers.tiny_models import write_repository
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -195,8 +195,6 @@ def test_metrics_without_gunicorn(client: FlaskClient) -> None:
 
 
 def test_default_metrics_dir_is_removed_at_exit(repo: Path, tmp_path: Path) -> None:
-    from conftest import start_gunicorn
-
     server = start_gunicorn(tmp_path, GAN_MODELS_DIR=str(repo), GAN_WORKERS="1")
     log = server.stop()
     line = next(line for line in log.splitlines() if "metrics in " in line)
@@ -205,14 +203,10 @@ def test_default_metrics_dir_is_removed_at_exit(repo: Path, tmp_path: Path) -> N
     assert not path.exists()
 
 
-def test_unwritable_metrics_dir_stops_gunicorn(
-    repo: Path, tmp_path: Path, gunicorn_failed_start: Callable[..., object]
-) -> None:
+def test_unwritable_metrics_dir_stops_gunicorn(repo: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), GAN_METRICS_DIR=str(blocker / "m"))
-    assert result.returncode != 0  # type: ignore[attr-defined]
-    assert "GAN_METRICS_DIR" in result.stdout  # type: ignore[attr-defined]
+    assert_start_refused("GAN_METRICS_DIR", GAN_MODELS_DIR=str(repo), GAN_METRICS_DIR=str(blocker / "m"))
 
 
 def test_registry_counts_loads_reloads_and_rejections(models_dir: Path) -> None:

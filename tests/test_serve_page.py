@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import ROOT, Server
 from flask.testing import FlaskClient
+from helpers.server import ROOT, Server
 from PIL import Image
 
 from serve.app import create_app

@@ -7,13 +7,12 @@ import hashlib
 import http.client
 import json
 import multiprocessing
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
+from helpers.server import Server, assert_start_refused
 from helpers.tiny_models import write_repository
 
 from serve.config import ConfigError, load_settings
@@ -179,15 +178,8 @@ def test_by_forwarded_address_behind_a_trusted_proxy(
         ({"GAN_TRUSTED_PROXY_HOPS": "-1"}, "GAN_TRUSTED_PROXY_HOPS must be an integer from 0 to 16"),
     ],
 )
-def test_bad_rate_limit_settings_stop_gunicorn(
-    repo: Path,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-    env: dict[str, str],
-    fragment: str,
-) -> None:
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), **env)
-    assert result.returncode != 0
-    assert fragment in result.stdout
+def test_bad_rate_limit_settings_stop_gunicorn(repo: Path, env: dict[str, str], fragment: str) -> None:
+    assert_start_refused(fragment, GAN_MODELS_DIR=str(repo), **env)
 
 
 # --- Units: parsing, the bucket, the table -------------------------------------------------

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import start_gunicorn
 from flask.testing import FlaskClient
+from helpers.server import assert_start_refused, start_gunicorn
 from helpers.tiny_models import write_repository
 
 from serve.instrument import request_id
@@ -122,11 +121,9 @@ def test_text_format_keeps_gunicorn_lines(tmp_path: Path) -> None:
     assert not json_lines(log)
 
 
-def test_bad_log_format_stops_gunicorn(
-    gunicorn_failed_start: Callable[..., object], tmp_path: Path
-) -> None:
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(write_repository(tmp_path / "models")),
-                                   GAN_LOG_FORMAT="xml")
-    assert result.returncode == 1  # type: ignore[attr-defined]
-    assert "GAN_LOG_FORMAT must be one of json, text, got 'xml'" in result.stdout  # type: ignore[attr-defined]
+def test_bad_log_format_stops_gunicorn(tmp_path: Path) -> None:
+    result = assert_start_refused("GAN_LOG_FORMAT must be one of json, text, got 'xml'",
+                                  GAN_MODELS_DIR=str(write_repository(tmp_path / "models")),
+                                  GAN_LOG_FORMAT="xml")
+    assert result.returncode == 1
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Server
+from helpers.server import Server
 from helpers.tiny_models import write_repository
 
 MIN_CASES = 5000  # generated requests, all phases together; the run fails below this

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import ROOT, START_TIMEOUT, Server, free_port, gunicorn_env
+from helpers.server import ROOT, START_TIMEOUT, Server, assert_start_refused, free_port, gunicorn_env
 from helpers.tiny_models import write_repository
 
 from serve.app import create_app
@@ -79,10 +79,7 @@ def test_no_debugger_route(server: Server) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
-def test_flask_debug_is_refused(
-    repo: Path, monkeypatch: pytest.MonkeyPatch,
-    gunicorn_failed_start: Callable[..., subprocess.CompletedProcess[str]],
-) -> None:
+def test_flask_debug_is_refused(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for value in ("1", "true", "yes"):
         monkeypatch.setenv("FLASK_DEBUG", value)
         with pytest.raises(ConfigError, match="FLASK_DEBUG"):
@@ -90,9 +87,7 @@ def test_flask_debug_is_refused(
     monkeypatch.setenv("FLASK_DEBUG", "0")
     assert create_app({"GAN_MODELS_DIR": str(repo), "GAN_RELOAD_INTERVAL": "0"}).debug is False
     monkeypatch.delenv("FLASK_DEBUG")
-    result = gunicorn_failed_start(GAN_MODELS_DIR=str(repo), FLASK_DEBUG="1")
-    assert result.returncode != 0
-    assert "the service never runs in debug mode" in result.stdout
+    assert_start_refused("the service never runs in debug mode", GAN_MODELS_DIR=str(repo), FLASK_DEBUG="1")
 
 
 @pytest.mark.parametrize("options", [["--debug", "run"], ["run", "--debugger"]])

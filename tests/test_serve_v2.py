@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from conftest import Server
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.server import Server
 from helpers.tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from openapi_spec_validator import validate as validate_openapi
 from prometheus_client.parser import text_string_to_metric_families

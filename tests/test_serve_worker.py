@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, start_gunicorn
+from helpers.server import Server, start_gunicorn
 from helpers.tiny_models import write_model, write_repository
 
 from serve.worker import ClientError, frame

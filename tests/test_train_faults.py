@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import start_gunicorn
+from helpers.server import start_gunicorn
 from helpers.tiny_models import write_model
 from helpers.training import tiny_config, tiny_npz
 
