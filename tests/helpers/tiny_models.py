@@ -13,6 +13,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from serve import latent as latent_spec
+from serve.repository import FORMAT, JSON_FILE, ONNX_FILE, sha256_of, tensor_entries
+
 LATENT = 8
 SHAPE = (1, 6, 5)  # C, H, W: small, and not square so transposes would show
 CLASSES = ["zero", "one", "two"]
@@ -93,32 +96,29 @@ def metadata(
     shape: tuple[int, int, int] = SHAPE,
     classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A model.json as export writes it."""
-    inputs = [{"name": "z", "dtype": "float32", "shape": ["n", latent]}]
-    if classes:
-        inputs.append({"name": "labels", "dtype": "int64", "shape": ["n"]})
+    """A model.json as export writes it (the tensor entries from serve.repository)."""
+    inputs, output = tensor_entries(latent, bool(classes), shape)
     return {
-        "format": 1,
+        "format": FORMAT,
         "name": name,
         "version": version,
         "created": "2026-11-30T03:00:00Z",
         "architecture": "tiny",
         "latent": {
             "size": latent,
-            "distribution": "standard_normal",
-            "dtype": "float32",
-            "spec": "z = numpy.random.Generator(numpy.random.PCG64(seed))"
-            ".standard_normal(latent_size, dtype=numpy.float32)",
+            "distribution": latent_spec.DISTRIBUTION,
+            "dtype": latent_spec.DTYPE,
+            "spec": latent_spec.SPEC,
         },
         "inputs": inputs,
-        "output": {"name": "images", "dtype": "float32", "shape": ["n", *shape], "range": [0, 1]},
+        "output": {**output, "range": [0, 1]},
         "conditional": bool(classes),
         "classes": classes,
         "dataset": {"name": "synthetic", "size": 0},
         "training": {},
         "metrics": {},
         "onnx": {
-            "file": "model.onnx",
+            "file": ONNX_FILE,
             "opset": 17,
             "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "max_abs_diff": 0.0,
@@ -146,8 +146,8 @@ def write_model(
     target = models_dir / name / str(version)
     staging = models_dir / name / f".{version}.tmp"
     staging.mkdir(parents=True)
-    (staging / "model.onnx").write_bytes(data)
-    (staging / "model.json").write_text(json.dumps(meta, indent=2))
+    (staging / ONNX_FILE).write_bytes(data)
+    (staging / JSON_FILE).write_text(json.dumps(meta, indent=2))
     staging.rename(target)
     return target
 
@@ -162,7 +162,7 @@ def write_repository(models_dir: Path) -> Path:
 
 def edit_json(version_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Apply ``change`` to a version's model.json in place."""
-    path = version_dir / "model.json"
+    path = version_dir / JSON_FILE
     meta = json.loads(path.read_text())
     change(meta)
     path.write_text(json.dumps(meta))
@@ -176,8 +176,8 @@ def corrupt_sha(version_dir: Path) -> None:
 def corrupt_onnx(version_dir: Path) -> None:
     """Replace model.onnx with bytes that are not ONNX, keeping the sha256 consistent."""
     data = b"not an onnx model"
-    (version_dir / "model.onnx").write_bytes(data)
-    edit_json(version_dir, lambda m: m["onnx"].update(sha256=hashlib.sha256(data).hexdigest()))
+    (version_dir / ONNX_FILE).write_bytes(data)
+    edit_json(version_dir, lambda m: m["onnx"].update(sha256=sha256_of(version_dir / ONNX_FILE)))
 
 
 def wrong_output_shape(version_dir: Path) -> None:
