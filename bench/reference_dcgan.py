@@ -107,6 +107,33 @@ class Snapshot:
     path: str
 
 
+def reference_step(netG: nn.Module, netD: nn.Module, criterion: nn.Module, optimizerD: torch.optim.Optimizer,
+                   optimizerG: torch.optim.Optimizer, real: torch.Tensor, latent_size: int) -> None:
+    """One training step of pytorch/examples' DCGAN as written, on ``real``'s device.
+
+    ``netD`` ends in a sigmoid and ``criterion`` is BCELoss; D is updated on ``real`` and on a
+    batch of fakes from N(0, 1) noise of ``latent_size``, then G on the same fakes.
+    """
+    b = real.size(0)
+    # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
+    netD.zero_grad()
+    label = torch.full((b,), 1.0, device=real.device)
+    errD_real = criterion(netD(real), label)
+    errD_real.backward()
+    noise = torch.randn(b, latent_size, device=real.device)
+    fake = netG(noise)
+    label.fill_(0.0)
+    errD_fake = criterion(netD(fake.detach()), label)
+    errD_fake.backward()
+    optimizerD.step()
+    # (2) Update G: maximize log(D(G(z)))
+    netG.zero_grad()
+    label.fill_(1.0)
+    errG = criterion(netD(fake), label)
+    errG.backward()
+    optimizerG.step()
+
+
 def train_reference(
     images: np.ndarray, epochs: float | None, seconds: float | None, max_steps: int | None,
     seed: int, device: torch.device, out: Path,
@@ -136,25 +163,7 @@ def train_reference(
 
     while True:
         for (real,) in loader:
-            real = real.to(device)
-            b = real.size(0)
-            # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
-            netD.zero_grad()
-            label = torch.full((b,), 1.0, device=device)
-            errD_real = criterion(netD(real), label)
-            errD_real.backward()
-            noise = torch.randn(b, NZ, device=device)
-            fake = netG(noise)
-            label.fill_(0.0)
-            errD_fake = criterion(netD(fake.detach()), label)
-            errD_fake.backward()
-            optimizerD.step()
-            # (2) Update G: maximize log(D(G(z)))
-            netG.zero_grad()
-            label.fill_(1.0)
-            errG = criterion(netD(fake), label)
-            errG.backward()
-            optimizerG.step()
+            reference_step(netG, netD, criterion, optimizerD, optimizerG, real.to(device), NZ)
             step += 1
 
             if device.type == "cuda":

@@ -25,6 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/reference_dcgan.py, run from anywhere
+
+from reference_dcgan import reference_step  # noqa: E402
 
 from train.config import TrainConfig  # noqa: E402
 from train.data import load_mnist_like  # noqa: E402
@@ -53,7 +56,7 @@ def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> f
 
 
 def reference(arch: str, images: np.ndarray, steps: int, batch: int) -> float:
-    """Steady-state images/s of a plain pytorch/examples-style loop."""
+    """Steady-state images/s of a plain pytorch/examples-style loop (bench/reference_dcgan.py's step)."""
     torch.manual_seed(0)
     spec = NetworkSpec(arch=arch)
     netG, netD = Generator(spec), nn.Sequential(Discriminator(spec), nn.Sigmoid())
@@ -67,21 +70,7 @@ def reference(arch: str, images: np.ndarray, steps: int, batch: int) -> float:
         for (real,) in loader:
             if done == WARMUP:
                 t0 = time.perf_counter()
-            netD.zero_grad()
-            label = torch.full((real.size(0),), 1.0)
-            errD_real = criterion(netD(real), label)
-            errD_real.backward()
-            noise = torch.randn(real.size(0), spec.latent_size)
-            fake = netG(noise)
-            label.fill_(0.0)
-            errD_fake = criterion(netD(fake.detach()), label)
-            errD_fake.backward()
-            optD.step()
-            netG.zero_grad()
-            label.fill_(1.0)
-            errG = criterion(netD(fake), label)
-            errG.backward()
-            optG.step()
+            reference_step(netG, netD, criterion, optD, optG, real, spec.latent_size)
             done += 1
             if done == WARMUP + steps:
                 break
