@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.openapi import assert_matches_openapi, assert_matches_schema
 from helpers.tiny_models import CLASSES, LATENT, SHAPE, edit_json
 from PIL import Image
 
@@ -21,13 +22,7 @@ from serve.app import create_app
 from serve.imaging import GRID_PADDING, grid_shape
 from serve.openapi import (
     ERROR_SCHEMA,
-    GENERATE_RESPONSE_SCHEMA,
-    HEALTH_SCHEMA,
-    MODEL_DETAIL_SCHEMA,
-    MODEL_LIST_SCHEMA,
-    READY_SCHEMA,
 )
-from serve.schema import validate
 
 C, H, W = SHAPE
 
@@ -48,7 +43,7 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     """The response is the JSON error of ``status`` and ``code``; returns the error object."""
     assert response.status_code == status, response.data
     assert response.mimetype == "application/json"
-    validate(response.json, ERROR_SCHEMA)
+    assert_matches_schema(response.json, ERROR_SCHEMA)
     assert response.json["error"]["status"] == status
     assert response.json["error"]["code"] == code
     return response.json["error"]
@@ -57,7 +52,7 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
 def test_healthz_reports_the_worker_pid(client: FlaskClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
-    validate(response.json, HEALTH_SCHEMA)
+    assert_matches_openapi(client, response, "/healthz")
     assert response.json["pid"] == os.getpid()
     assert response.headers["X-Worker-Pid"] == str(os.getpid())
 
@@ -65,14 +60,14 @@ def test_healthz_reports_the_worker_pid(client: FlaskClient) -> None:
 def test_readyz_lists_the_models(client: FlaskClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200
-    validate(response.json, READY_SCHEMA)
+    assert_matches_openapi(client, response, "/readyz")
     assert response.json["models"] == ["cond", "tiny"]
 
 
 def test_models_lists_versions_and_default(client: FlaskClient) -> None:
     response = client.get("/models")
     assert response.status_code == 200
-    validate(response.json, MODEL_LIST_SCHEMA)
+    assert_matches_openapi(client, response, "/models")
     assert response.json["default"] == "tiny"
     models = {m["name"]: m for m in response.json["models"]}
     assert models["tiny"]["versions"] == [1, 2]
@@ -91,7 +86,7 @@ def test_default_model_is_the_first_by_name_without_setting(models_dir: Path) ->
 def test_model_detail_has_every_versions_metadata(client: FlaskClient) -> None:
     response = client.get("/models/tiny")
     assert response.status_code == 200
-    validate(response.json, MODEL_DETAIL_SCHEMA)
+    assert_matches_openapi(client, response, "/models/{name}")
     assert [m["version"] for m in response.json["metadata"]] == [1, 2]
     assert response.json["metadata"][0]["onnx"]["opset"] == 17
 
@@ -127,7 +122,7 @@ def test_model_detail_hides_local_paths_unless_told_to_show_them(models_dir: Pat
 def test_generate_json_from_seeds(client: FlaskClient) -> None:
     response = client.post("/generate", json={"seeds": [3, 1, 4]})
     assert response.status_code == 200
-    validate(response.json, GENERATE_RESPONSE_SCHEMA)
+    assert_matches_openapi(client, response, "/generate", "post")
     body = response.json
     assert body["model"] == "tiny" and body["version"] == 2
     assert body["seeds"] == [3, 1, 4] and body["labels"] is None

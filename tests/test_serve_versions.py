@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.openapi import assert_matches_openapi, assert_matches_schema
 from helpers.tiny_models import CLASSES, corrupt_onnx, write_model, wrong_output_shape
 
 from serve import registry as registry_module
 from serve.app import create_app
 from serve.config import ConfigError, VersionPolicy, load_settings, parse_version_policy
-from serve.openapi import ERROR_SCHEMA, MODEL_DETAIL_SCHEMA, MODEL_LIST_SCHEMA
+from serve.openapi import ERROR_SCHEMA
 from serve.registry import Registry
 from serve.repository import RepositoryError
-from serve.schema import validate
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def model(client: FlaskClient, name: str = "tiny") -> dict[str, Any]:
     """/models/<name>, checked against its documented schema."""
     response = client.get(f"/models/{name}")
     assert response.status_code == 200
-    validate(response.json, MODEL_DETAIL_SCHEMA)
+    assert_matches_openapi(client, response, "/models/{name}")
     return response.json
 
 
@@ -57,7 +57,7 @@ def generate(client: FlaskClient, **body: Any) -> Any:
 
 def assert_error(response: Any, status: int, code: str) -> str:
     assert response.status_code == status, response.data
-    validate(response.json, ERROR_SCHEMA)
+    assert_matches_schema(response.json, ERROR_SCHEMA)
     assert response.json["error"]["code"] == code
     return response.json["error"]["message"]
 
@@ -219,8 +219,9 @@ def test_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
     client = make_app(repo, version_cache="2").test_client()
 
     def loaded() -> dict[str, list[int]]:
-        listing = client.get("/models").json
-        validate(listing, MODEL_LIST_SCHEMA)
+        response = client.get("/models")
+        assert_matches_openapi(client, response, "/models")
+        listing = response.json
         assert listing["version_cache"] == 2
         return {m["name"]: m["loaded_versions"] for m in listing["models"]}
 
@@ -380,8 +381,9 @@ def test_broken_new_highest_version_keeps_the_old_one_loaded(
 
 def test_models_listing_fields(repo: Path) -> None:
     client = make_app(repo, version_policy="latest:2", version_cache="3").test_client()
-    listing = client.get("/models").json
-    validate(listing, MODEL_LIST_SCHEMA)
+    response = client.get("/models")
+    assert_matches_openapi(client, response, "/models")
+    listing = response.json
     assert listing["default"] == "tiny"
     assert listing["version_cache"] == 3
     tiny = next(m for m in listing["models"] if m["name"] == "tiny")
