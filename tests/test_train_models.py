@@ -90,7 +90,7 @@ def test_batch_spread_is_zero_for_identical_samples_and_per_group_otherwise():
 
 def test_batch_spread_changes_the_discriminator_s_verdict_on_a_collapsed_batch():
     torch.manual_seed(0)
-    D = Discriminator(NetworkSpec(width=8, d_batch_std=True))
+    D = Discriminator(NetworkSpec(width=8, d_depth=2, d_batch_std=True))
     with torch.no_grad():
         D.head.weight[0, -7 * 7:] = 1.0  # weigh the spread map (7 x 7 at 28 px) heavily
         varied = torch.rand(8, 1, 28, 28)

@@ -57,13 +57,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-        # Runs saved before these options existed had two convolutions, a flat projection, no batch spread.
-        values.setdefault("d_depth", 2)
-        values.setdefault("d_projection", "flat")
-        values.setdefault("d_batch_std", False)
-        values.setdefault("mode_seeking", 0.0)  # and no mode-seeking term
-        values.setdefault("class_loss", 0.0)  # nor class loss
-        values.setdefault("class_margin", 0.0)
-        return cls(**values)
+        """The config saved as `values` (a checkpoint's, upgraded to the current shape by
+        train.checkpoint): every field, no other key. ValueError names what is missing or extra."""
+        return cls(**exact_fields(cls, values))
+
+
+def exact_fields(cls: type, values: dict) -> dict:
+    """values, checked to hold exactly the fields of the dataclass cls (ValueError naming the
+    keys otherwise): a saved dataclass is read as saved, with no defaults filled in."""
+    names = [f.name for f in fields(cls)]
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ValueError(f"lacks {', '.join(map(repr, missing))}")
+    unknown = [key for key in values if key not in names]
+    if unknown:
+        raise ValueError(f"holds unknown {', '.join(map(repr, unknown))}")
+    return dict(values)

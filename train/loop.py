@@ -561,13 +561,13 @@ def _fit(
     about = {
         "dataset": {"name": cfg.dataset, "size": len(data)},
         "classes": data.classes,
-        "command": state.get("command") if state else command,
+        "command": state["command"] if state else command,
         # How each resume was asked for: with the first command, what trained the model.
-        "resumed": [*state.get("resumed", []), command] if state else [],
+        "resumed": [*state["resumed"], command] if state else [],
     }
     run = Run(cfg, spec, device, about)
     if state is not None:
-        if NetworkSpec(**state["spec"]) != spec:
+        if NetworkSpec.from_dict(state["spec"]) != spec:
             raise TrainError(f"{ckpt_path} was trained with {state['spec']}, not {spec.to_dict()}")
         run.load(state)
     run.distribute(shard)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from train.config import exact_fields
+
 ARCHITECTURES = ("mlp", "dcgan")
 PROJECTIONS = ("flat", "pooled")
 
@@ -28,15 +30,21 @@ class NetworkSpec:
     num_classes: int = 0  # 0: unconditional
     width: int = 64  # dcgan: base feature maps; mlp: hidden units are fixed at 128
     spectral_norm: bool = False
-    # These three default to what specs saved before they existed were built with; training's
-    # defaults (TrainConfig) are the measured ones.
-    d_depth: int = 2  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
-    d_projection: str = "flat"  # conditional dcgan: class term on the flat maps, or "pooled" over space
+    # Defaults are a new network's, as training's (TrainConfig); what older checkpoints lacked
+    # is train.checkpoint's upgrade's business.
+    d_depth: int = 3  # dcgan: the discriminator's strided convolutions (3 is the reference's depth)
+    d_projection: str = "pooled"  # conditional dcgan: class term "pooled" over space, or on the flat maps
     d_batch_std: bool = False  # dcgan: the discriminator sees its batch's spread (minibatch std)
     d_classes: bool = False  # conditional: the discriminator also classifies its input (a class head)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> NetworkSpec:
+        """The spec saved as `values` (a checkpoint's, in the current shape): every field, no
+        other key. ValueError names what is missing or extra."""
+        return cls(**exact_fields(cls, values))
 
 
 def init_weights(module: nn.Module) -> None:
