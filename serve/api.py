@@ -25,7 +25,7 @@ from serve.errors import ApiError, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
 from serve.redact import hide_paths
-from serve.registry import ModelView, Registry
+from serve.registry import ModelView, NotReady, Registry, UnknownModel
 from serve.repository import ModelVersion
 from serve.schema import parse_json, parse_query, validate
 
@@ -66,7 +66,7 @@ def readyz() -> Any:
     registry = state().registry
     if not registry.ready:
         reason = " (the model repository cannot be read)" if registry.repository_error else ""
-        raise ApiError(503, "not_ready", f"no model is loaded{reason}")
+        raise NotReady(reason)
     return {
         "status": "ready",
         "models": registry.names(),
@@ -111,9 +111,7 @@ def get_model(name: str) -> Any:
     """One model: its default version's summary and every servable version's model.json."""
     models = state().registry.describe()
     if name not in models:
-        raise ApiError(
-            404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(models)}"
-        )
+        raise UnknownModel(name, list(models))
     model = models[name]
     # model.json records where training ran (data and run directories, the commands): shown
     # only with GAN_SHOW_PATHS=on.

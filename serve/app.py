@@ -15,24 +15,44 @@ from serve import interpolate, page
 from serve.api import State, bp
 from serve.auth import exempt_paths, install_guard
 from serve.config import REPLACEMENT_WORKER_ENV, VARIABLES, ConfigError, load_settings
-from serve.errors import ApiError, error_json
+from serve.errors import ERROR_CODES, ApiError, checked_code, error_json
 from serve.instrument import instrument
 from serve.metrics import bp as metrics_bp
 from serve.model import check_providers, tune_malloc
 from serve.openapi import PID_HEADER, add_security, build_spec
 from serve.ratelimit import open_limiter
-from serve.registry import Registry
+from serve.registry import (
+    NotReady,
+    Registry,
+    RegistryError,
+    UnknownModel,
+    UnknownVersion,
+    VersionNotLoaded,
+    VersionUnavailable,
+)
 from serve.schema import generate_query_schema, generate_request_schema
 from serve.v2 import bp as v2_bp
 
 log = logging.getLogger(__name__)
 
+# Werkzeug's HTTP errors by status; any other status is ``http_error``.
 _HTTP_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
+    status: checked_code(status, code)
+    for status, code in {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "body_too_large",
+        415: "unsupported_media_type",
+    }.items()
+}
+# The registry's domain errors as HTTP: each one's code, whose status ERROR_CODES gives.
+_REGISTRY_CODES: dict[type[RegistryError], str] = {
+    NotReady: "not_ready",
+    UnknownModel: "unknown_model",
+    UnknownVersion: "unknown_version",
+    VersionNotLoaded: "version_not_loaded",
+    VersionUnavailable: "version_unavailable",
 }
 
 
@@ -116,6 +136,13 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(e: ApiError) -> Response:
         return error(e.status, e.code, e.message)
+
+    @app.errorhandler(RegistryError)
+    def registry_error(e: RegistryError) -> Response:
+        code = _REGISTRY_CODES[type(e)]
+        status = ERROR_CODES[code].status
+        assert status is not None
+        return error(status, code, e.message)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify, request
 
-from serve.errors import error_json
+from serve.errors import checked_code, error_json
 from serve.page import PAGE_PATHS
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def install_guard(app: Flask, settings: Settings, limiter: Limiter | None) -> No
     open_paths = exempt_paths(settings.auth_exempt)
 
     def refuse(status: int, code: str, message: str, headers: dict[str, str]) -> Response:
-        response = jsonify(error_json(request.path, status, code, message))
+        response = jsonify(error_json(request.path, status, checked_code(status, code), message))
         response.status_code = status
         response.headers.update(headers)
         return response

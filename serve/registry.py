@@ -23,7 +23,7 @@ from pathlib import Path
 
 from serve import metrics
 from serve.config import Settings
-from serve.errors import ApiError, shown
+from serve.errors import shown
 from serve.model import OnnxGenerator, load_onnx_generator
 from serve.repository import (
     ModelError,
@@ -39,6 +39,62 @@ log = logging.getLogger(__name__)
 Models = dict[str, dict[int, OnnxGenerator]]
 Specs = dict[str, dict[int, ModelVersion]]
 Key = tuple[str, int]
+
+
+class RegistryError(Exception):
+    """A model or version a request asked for that this worker cannot serve, and why.
+
+    The registry knows nothing of HTTP: serve/app.py maps each subclass to its status and
+    error code. ``message`` is for the client: it names no local path.
+    """
+
+    @property
+    def message(self) -> str:
+        """What the client is told."""
+        return str(self)
+
+
+class UnknownModel(RegistryError):
+    """No model of that name is served (``served``: the names that are, when known)."""
+
+    def __init__(self, name: object, served: list[str] | None = None) -> None:
+        listing = "" if served is None else f"; served: {', '.join(served)}"
+        super().__init__(f"unknown model {shown(name)}{listing}")
+
+
+class UnknownVersion(RegistryError):
+    """The model has no such version (``versions``: its servable ones, when known)."""
+
+    def __init__(self, name: object, version: object, versions: list[int] | None = None) -> None:
+        listing = "" if versions is None else f"; versions: {versions}"
+        super().__init__(f"model {shown(name)} has no version {shown(version)}{listing}")
+
+
+class NotReady(RegistryError):
+    """No model is loaded; ``detail`` says more (such as why the repository is unreadable)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"no model is loaded{detail}")
+
+
+class VersionNotLoaded(RegistryError):
+    """A version on disk outside the version policy, with on-demand loading off."""
+
+    def __init__(self, name: str, version: int, policy: object, loaded: object) -> None:
+        super().__init__(
+            f"model {name!r} version {version} exists on disk but is not loaded by the version "
+            f"policy {policy} (loaded: {loaded}), and loading versions on demand is off"
+        )
+
+
+class VersionUnavailable(RegistryError):
+    """A version on disk that this worker refused: the client asked for nothing wrong."""
+
+    def __init__(self, name: str, version: int, servable: list[int]) -> None:
+        super().__init__(
+            f"model {name!r} version {version} exists on disk but fails the service's checks, "
+            f"so it cannot be served (the service log says why); servable versions: {servable}"
+        )
 
 
 @dataclass(frozen=True)
@@ -207,24 +263,16 @@ class Registry:
             return generator
         if self.settings.version_cache == 0:
             loaded = list(snap.resident[spec.name]) or "none"
-            raise ApiError(
-                404,
-                "version_not_loaded",
-                f"model {spec.name!r} version {spec.version} exists on disk but is not loaded "
-                f"by the version policy {self.policy} (loaded: {loaded}), and loading "
-                "versions on demand is off",
-            )
+            raise VersionNotLoaded(spec.name, spec.version, self.policy, loaded)
         return self._load_on_demand(spec)
 
     def _servable(self, snap: _Snapshot, name: str | None, version: int | None) -> ModelVersion:
-        """The spec of a servable version, or the 404 / 503 that says why there is none."""
+        """The spec of a servable version, or the RegistryError that says why there is none."""
         if not snap.specs:
-            raise ApiError(503, "not_ready", "no model is loaded")
+            raise NotReady()
         specs = snap.specs.get(name)
         if specs is None:
-            raise ApiError(
-                404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(snap.specs)}"
-            )
+            raise UnknownModel(name, list(snap.specs))
         assert name is not None
         if version is None:
             version = snap.defaults[name]
@@ -232,12 +280,8 @@ class Registry:
         if spec is not None:
             return spec
         if self.settings.models_dir / name / str(version) in self._rejected:
-            raise _unavailable(name, version, list(specs))
-        raise ApiError(
-            404,
-            "unknown_version",
-            f"model {shown(name)} has no version {shown(version)}; versions: {list(specs)}",
-        )
+            raise VersionUnavailable(name, version, list(specs))
+        raise UnknownVersion(name, version, list(specs))
 
     def _load_on_demand(self, spec: ModelVersion) -> OnnxGenerator:
         """Load a servable version outside the policy into the LRU cache (one load at a time)."""
@@ -260,7 +304,7 @@ class Registry:
                     del specs[spec.name]
                 self._snapshot = self._make_snapshot(specs, snap.resident)
                 servable = list(specs.get(spec.name, {}))
-                raise _unavailable(spec.name, spec.version, servable) from None
+                raise VersionUnavailable(spec.name, spec.version, servable) from None
             self._cache_put(key, generator)
             self._publish_loaded()
             log.info(
@@ -484,12 +528,3 @@ class Registry:
         metrics.set_loaded(loaded, self._published)
         self._published = loaded
 
-
-def _unavailable(name: str, version: int, servable: list[int]) -> ApiError:
-    """A version on disk that this worker refused: the client asked for nothing wrong."""
-    return ApiError(
-        503,
-        "version_unavailable",
-        f"model {name!r} version {version} exists on disk but fails the service's checks, so "
-        f"it cannot be served (the service log says why); servable versions: {servable}",
-    )

@@ -17,10 +17,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from serve import metrics
 from serve.api import state
-from serve.errors import ApiError, clip, shown
+from serve.errors import ApiError, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.model import OnnxGenerator
 from serve.openapi import API_VERSION, NAME_HEADER, VERSION_HEADER
+from serve.registry import NotReady, UnknownModel, UnknownVersion
 from serve.repository import ModelVersion
 from serve.schema import JsonBodyError, is_integer, load_json
 
@@ -59,7 +60,7 @@ def server_live() -> Response:
 def server_ready() -> Response:
     """Readiness: 200 once the version policy has a version loaded, else 503."""
     if not state().registry.ready:
-        raise ApiError(503, "not_ready", "no model is loaded")
+        raise NotReady()
     return Response(status=200)
 
 
@@ -70,16 +71,11 @@ def model_metadata(name: str, version: str | None = None) -> Any:
     models = state().registry.describe()
     model = models.get(name)
     if model is None:
-        raise ApiError(
-            404, "unknown_model", f"unknown model {shown(name)}; served: {', '.join(models)}"
-        )
+        raise UnknownModel(name, list(models))
     number = model.default_version if version is None else _version_number(name, version)
     spec = model.specs.get(number)
-    if spec is None:
-        raise ApiError(
-            404, "unknown_version", f"model {shown(name)} has no version {clip(str(version))}; "
-            f"versions: {list(model.specs)}"
-        )
+    if spec is None:  # a number as _version_number writes it: the path's own digits
+        raise UnknownVersion(name, number, list(model.specs))
     inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, spec.latent_size]}]
     if spec.conditional:
         inputs.append({"name": "labels", "datatype": "INT64", "shape": [-1]})
@@ -105,8 +101,8 @@ def _version_number(name: str, text: str) -> int:
     if text.isascii() and text.isdigit() and not text.startswith("0") and len(text) <= 18:
         return int(text)
     if name not in state().registry.names():
-        raise ApiError(404, "unknown_model", f"unknown model {shown(name)}")
-    raise ApiError(404, "unknown_version", f"model {shown(name)} has no version {shown(text)}")
+        raise UnknownModel(name)
+    raise UnknownVersion(name, text)
 
 
 def _resolve(name: str, version: str | None) -> OnnxGenerator:

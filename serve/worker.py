@@ -38,7 +38,7 @@ from gunicorn.http.errors import (
 from gunicorn.workers import base
 
 from serve.config import load_settings
-from serve.errors import clip, error_json
+from serve.errors import checked_code, clip, error_json
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_SECONDS = 1.0  # how long idle connections stay open once the worker stops accepting
@@ -49,9 +49,11 @@ WATCH_SECONDS = 0.1  # how often the watchdog looks at the request being served
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
             414: "URI Too Long", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
-_CODES = {400: "bad_request", 408: "request_timeout", 413: "body_too_large",
-          414: "uri_too_long", 431: "headers_too_large", 500: "internal_error",
-          501: "not_implemented", 503: "timeout"}
+# The worker's refusals' codes, each checked against the one list (serve.errors.ERROR_CODES).
+_CODES = {status: checked_code(status, code) for status, code in {
+    400: "bad_request", 408: "request_timeout", 413: "body_too_large", 414: "uri_too_long",
+    431: "headers_too_large", 500: "internal_error", 501: "not_implemented", 503: "timeout",
+}.items()}
 
 
 class ClientError(Exception):
