@@ -378,12 +378,13 @@ def _labels(
             f"model {spec.name} version {spec.version} is conditional: with `noise`, give "
             f"`labels`, one int in [0, {count}) or one per sample",
         )
-    values = [labels] * n if isinstance(labels, int) else labels
-    if len(values) != n:
+    values = latent.broadcast_labels(labels, n)
+    if values is None:
+        assert isinstance(labels, list)
         raise ApiError(
             422,
             "invalid_labels_count",
-            f"labels must be one int or one per sample ({n}), got {len(values)}",
+            f"labels must be one int or one per sample ({n}), got {len(labels)}",
         )
     bad = [v for v in values if v >= count]
     if bad:

@@ -62,6 +62,16 @@ def labels_for_seeds(seeds: Iterable[int], num_classes: int) -> np.ndarray:
     return np.array([label_for_seed(s, num_classes) for s in seeds], dtype=np.int64)
 
 
+def broadcast_labels(labels: int | list[int], n: int) -> list[int] | None:
+    """The labels of ``n`` images: one int for all of them, or a list of one per image.
+
+    None when a list has another length (each caller words its own refusal); the values are
+    not range-checked here.
+    """
+    values = [labels] * n if isinstance(labels, int) else labels
+    return values if len(values) == n else None
+
+
 # --- Interpolation between two noise vectors -------------------------------------------------
 
 INTERPOLATION_METHODS = ("slerp", "lerp")

@@ -48,3 +48,11 @@ def test_label_for_seed_cycles_through_the_classes() -> None:
         latent.label_for_seed(1, 0)
     with pytest.raises(ValueError, match="seed"):
         latent.label_for_seed(-1, 10)
+
+
+def test_broadcast_labels_gives_one_label_to_all_or_keeps_one_per_image() -> None:
+    assert latent.broadcast_labels(2, 3) == [2, 2, 2]
+    assert latent.broadcast_labels([0, 1, 2], 3) == [0, 1, 2]
+    assert latent.broadcast_labels([1], 3) is None  # a list is one per image
+    assert latent.broadcast_labels([0, 1], 3) is None
+    assert latent.broadcast_labels(1, 0) == []

@@ -39,14 +39,14 @@ def labels_for(seeds: list[int], labels: list[int] | None, num_classes: int) -> 
             raise TrainError("--labels given, but the model is not conditional")
         return None
     if labels is None:
-        labels = latent.labels_for_seeds(seeds, num_classes).tolist()
-    elif len(labels) == 1:
-        labels = labels * len(seeds)
-    if len(labels) != len(seeds):
+        return latent.labels_for_seeds(seeds, num_classes)
+    # --labels 3 is one label for every seed, as the service's "labels": 3.
+    values = latent.broadcast_labels(labels[0] if len(labels) == 1 else labels, len(seeds))
+    if values is None:
         raise TrainError(f"{len(labels)} labels for {len(seeds)} seeds")
-    if not all(0 <= y < num_classes for y in labels):
+    if not all(0 <= y < num_classes for y in values):
         raise TrainError(f"labels must be in 0..{num_classes - 1}")
-    return np.array(labels, dtype=np.int64)
+    return np.array(values, dtype=np.int64)
 
 
 def images_from_onnx(model: Path, seeds: list[int], labels: list[int] | None) -> np.ndarray:
