@@ -183,7 +183,7 @@ def batch_drift(spec: ModelVersion, threads: int) -> str:
     """How batched inference differs from batch 1 on 64 seeds: why the service runs batch 1."""
     generator = load_onnx_generator(spec, threads)
     z = latent.noise_for_seeds(range(64), spec.latent_size)
-    labels = np.arange(64, dtype=np.int64) % len(spec.classes) if spec.conditional else None
+    labels = latent.labels_for_seeds(range(64), len(spec.classes or ())) if spec.conditional else None
     single = generator.generate(z, labels)
     feeds = {"z": z} | ({} if labels is None else {"labels": labels})
     batched = generator.session.run(["images"], feeds)[0]

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from serve.latent import noise_for_seeds
+from serve.latent import labels_for_seeds, noise_for_seeds
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.data import ImageSet, load_dataset
@@ -445,7 +445,7 @@ class Run:
         G.eval()
         z = torch.from_numpy(noise_for_seeds(seeds, self.spec.latent_size)).to(self.device)
         k = self.spec.num_classes
-        labels = torch.tensor([s % k for s in seeds], device=self.device) if k else None
+        labels = torch.from_numpy(labels_for_seeds(seeds, k)).to(self.device) if k else None
         images = G(z, labels).float().cpu().numpy()
         G.train(was_training)
         return images
