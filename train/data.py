@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from train.errors import TrainError
+from train.files import atomic_write
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
@@ -151,17 +150,10 @@ def download_mnist_like(name: str, directory: Path, mirrors: list[str] | None = 
             if hashlib.md5(payload).hexdigest() != md5:
                 errors.append(f"{mirror}: md5 mismatch")
                 continue
-            _write_atomic(target, payload)
+            atomic_write(target, payload)
             break
         else:
             raise TrainError(f"could not download {filename}: " + "; ".join(errors))
-
-
-def _write_atomic(target: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
-    os.replace(tmp, target)
 
 
 def load_folder(directory: Path, size: int, channels: int = 1) -> ImageSet:
