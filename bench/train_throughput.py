@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +38,19 @@ from train.models import Discriminator, Generator, NetworkSpec  # noqa: E402
 WARMUP = 20
 
 
+# The pytorch/examples DCGAN's discriminator, which both loops train (and the published figures
+# measured): two strided convolutions, a flat linear head, no batch spread.
+RECIPE_D: dict[str, Any] = {"d_depth": 2, "d_projection": "flat", "d_batch_std": False}
+
+
 def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> float:
     """Steady-state images/s of train.loop.fit, read from its own metrics log."""
     out = Path(tempfile.mkdtemp(dir=workdir))
     # The reference loop's networks and update: no spectral norm, no weight average, and the
-    # discriminator NetworkSpec builds by default.
+    # recipe's discriminator (RECIPE_D).
     cfg = TrainConfig(arch=arch, steps=WARMUP + steps, batch_size=batch, log_every=WARMUP,
-                      device="cpu", out=str(out), spectral_norm=False, ema=0.0,
-                      d_depth=NetworkSpec.d_depth, d_batch_std=NetworkSpec.d_batch_std, **data_args)
+                      device="cpu", out=str(out), spectral_norm=False, ema=0.0, **RECIPE_D,
+                      **data_args)
     fit(cfg, progress=False)
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -58,7 +64,7 @@ def ours(arch: str, data_args: dict, steps: int, batch: int, workdir: Path) -> f
 def reference(arch: str, images: np.ndarray, steps: int, batch: int) -> float:
     """Steady-state images/s of a plain pytorch/examples-style loop (bench/reference_dcgan.py's step)."""
     torch.manual_seed(0)
-    spec = NetworkSpec(arch=arch)
+    spec = NetworkSpec(arch=arch, **RECIPE_D)
     netG, netD = Generator(spec), nn.Sequential(Discriminator(spec), nn.Sigmoid())
     criterion = nn.BCELoss()
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
