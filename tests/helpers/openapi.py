@@ -37,3 +37,10 @@ def assert_matches_component(client: FlaskClient, body: Any, name: str) -> None:
 def assert_matches_schema(body: Any, schema: dict[str, Any]) -> None:
     """``body`` matches the self-contained JSON ``schema`` (jsonschema's 2020-12 validator)."""
     _check({}, schema, body)
+
+
+def assert_matches_schemas(body: Any, schemas: dict[str, Any], name: str) -> None:
+    """``body`` matches ``schemas[name]``, where ``schemas`` is a document's
+    ``components/schemas`` (its $refs between them resolved)."""
+    assert name in schemas, f"no schema {name}"
+    _check({"components": {"schemas": schemas}}, {"$ref": f"#/components/schemas/{name}"}, body)
