@@ -206,6 +206,7 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
     started = perf_counter()
     if seeds is not None:
         z = latent.noise_for_seeds(seeds, spec.latent_size)
+    assert z is not None  # noise given, or made from the seeds
     images = generator.generate(z, labels)
     generated = perf_counter()
     response = _encode(images, fmt, spec, seeds, labels, headers)

@@ -90,7 +90,7 @@ def _route_of_unmatched(app: Flask) -> str:
         try:
             adapter = app.url_map.bind_to_environ(request.environ)
             valid = list(error.valid_methods)
-            rule, _ = adapter.match(method=valid[0], return_rule=True)  # type: ignore[call-overload]
+            rule, _ = adapter.match(method=valid[0], return_rule=True)
             return rule.rule
         except HTTPException:
             pass

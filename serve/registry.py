@@ -244,8 +244,9 @@ class Registry:
         snap = self._snapshot
         if name is None:
             name = snap.default_name
-        versions = snap.resident.get(name)
+        versions = None if name is None else snap.resident.get(name)
         if versions is not None:
+            assert name is not None
             if version is None:
                 version = snap.defaults[name]
             generator = versions.get(version)
@@ -270,7 +271,7 @@ class Registry:
         """The spec of a servable version, or the RegistryError that says why there is none."""
         if not snap.specs:
             raise NotReady()
-        specs = snap.specs.get(name)
+        specs = None if name is None else snap.specs.get(name)
         if specs is None:
             raise UnknownModel(name, list(snap.specs))
         assert name is not None

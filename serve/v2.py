@@ -32,7 +32,7 @@ EXTENSIONS = ["binary_tensor_data"]
 PLATFORM = "onnxruntime_onnx"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # The datatypes of the model's tensors, little-endian as the binary extension sends them.
-_DTYPES = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
+_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8")}
 _INT64_MAX = np.iinfo(np.int64).max
 
 
