@@ -28,6 +28,7 @@ import argparse
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -305,14 +306,22 @@ class Stalled:
         while not self.stopping.wait(1.0):
             for i, (sock, sent) in enumerate(sockets):
                 try:
+                    if self._answered(sock):  # the service's 408 (or a close): open another
+                        raise ConnectionResetError
                     sock.send(self.HEAD[sent % len(self.HEAD): sent % len(self.HEAD) + 1])
                     sockets[i] = (sock, sent + 1)
-                except OSError:  # timed out by the service (408): open another
+                except OSError:
                     sock.close()
                     sockets[i] = self._open()
                     self.reopened += 1
         for sock, _ in sockets:
             sock.close()
+
+    @staticmethod
+    def _answered(sock: socket.socket) -> bool:
+        """Whether the service has answered (or closed) the connection: something to read."""
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
 
 
 def run_stalled(svc: Service, args: argparse.Namespace) -> Figures:

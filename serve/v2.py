@@ -22,7 +22,7 @@ from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
 from serve.model import OnnxGenerator
 from serve.openapi import API_VERSION, NAME_HEADER, VERSION_HEADER
 from serve.registry import NotReady, UnknownModel, UnknownVersion
-from serve.repository import ModelVersion
+from serve.repository import ModelVersion, is_version_name
 from serve.schema import JsonBodyError, is_integer, load_json
 
 bp = Blueprint("v2", __name__)
@@ -98,7 +98,7 @@ def model_ready(name: str, version: str | None = None) -> Response:
 
 def _version_number(name: str, text: str) -> int:
     """A version in a path: a positive integer without leading zeros, else a 404."""
-    if text.isascii() and text.isdigit() and not text.startswith("0") and len(text) <= 18:
+    if is_version_name(text) and len(text) <= 18:
         return int(text)
     if name not in state().registry.names():
         raise UnknownModel(name)
