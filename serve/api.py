@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -23,6 +24,7 @@ from serve import imaging, latent, metrics
 from serve.config import Settings
 from serve.errors import ApiError, shown
 from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
+from serve.model import OnnxGenerator
 from serve.openapi import IMMUTABLE, NAME_HEADER, REVALIDATE, VERSION_HEADER
 from serve.redact import hide_paths
 from serve.registry import ModelView, NotReady, Registry, UnknownModel
@@ -203,17 +205,32 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
             f"If-None-Match matches this response's ETag {etag}: the client holds these "
             "bytes already (GET answers such a request with 304 Not Modified)",
         )
-    started = perf_counter()
     if seeds is not None:
         z = latent.noise_for_seeds(seeds, spec.latent_size)
     assert z is not None  # noise given, or made from the seeds
+    return run_and_encode(
+        generator, z, labels, fmt, lambda images: _encode(images, fmt, spec, seeds, labels, headers)
+    )
+
+
+def run_and_encode(
+    generator: OnnxGenerator,
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    fmt: str,
+    encode: Callable[[np.ndarray], Response],
+) -> Response:
+    """Run the model on ``z``, encode its images, and count both: the generation metrics and
+    the access log's image count."""
+    spec = generator.spec
+    started = perf_counter()
     images = generator.generate(z, labels)
     generated = perf_counter()
-    response = _encode(images, fmt, spec, seeds, labels, headers)
+    response = encode(images)
     metrics.observe_generation(
-        spec.name, spec.version, n, fmt, generated - started, perf_counter() - generated
+        spec.name, spec.version, len(z), fmt, generated - started, perf_counter() - generated
     )
-    environ[ENV_IMAGES] = n
+    request.environ[ENV_IMAGES] = len(z)
     return response
 
 

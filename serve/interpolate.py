@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import base64
 import functools
-from time import perf_counter
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
-from serve import imaging, latent, metrics
-from serve.api import _labels, _noise, json_body, state  # /generate's checks and parsing
+from serve import imaging, latent
+from serve.api import _labels, _noise, json_body, run_and_encode, state  # /generate's machinery
 from serve.errors import ApiError
-from serve.instrument import ENV_IMAGES, ENV_MODEL, ENV_VERSION
+from serve.instrument import ENV_MODEL, ENV_VERSION
 from serve.openapi import (
     _BINARY,
     _GENERATE_ERRORS,
@@ -158,16 +157,10 @@ def interpolate() -> Response:
         ends = latent.noise_for_seeds(seeds, spec.latent_size)
     labels = _frame_labels(body.get("labels"), steps, spec, seeds)
 
-    started = perf_counter()
     z = latent.interpolate(ends[0], ends[1], steps, method)
-    images = generator.generate(z, labels)
-    generated = perf_counter()
-    response = _encode(images, fmt, spec, method, seeds, labels)
-    metrics.observe_generation(
-        spec.name, spec.version, steps, fmt, generated - started, perf_counter() - generated
+    return run_and_encode(
+        generator, z, labels, fmt, lambda images: _encode(images, fmt, spec, method, seeds, labels)
     )
-    environ[ENV_IMAGES] = steps
-    return response
 
 
 def _ends(rows: list[list[float]], size: int) -> np.ndarray:
