@@ -113,7 +113,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """
     path = Path(path)
     buffer = io.BytesIO()  # serialised first, so a failing disk is one OSError, not torch's
-    torch.save({"format": FORMAT, **state}, buffer)
+    torch.save({**state, "format": FORMAT}, buffer)  # always the shape this code writes
     try:
         atomic_write(path, buffer.getbuffer())
     except OSError as e:
