@@ -9,7 +9,6 @@ import hashlib
 import os
 import re
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -208,9 +207,14 @@ def _generate(req: dict[str, Any], fmt: str, safe: bool) -> Response:
     if seeds is not None:
         z = latent.noise_for_seeds(seeds, spec.latent_size)
     assert z is not None  # noise given, or made from the seeds
-    return run_and_encode(
-        generator, z, labels, fmt, lambda images: _encode(images, fmt, spec, seeds, labels, headers)
-    )
+    fields = {} if fmt != "json" else {
+        "model": spec.name,
+        "version": spec.version,
+        "shape": [n, *spec.image_shape],
+        "seeds": seeds,
+        "labels": None if labels is None else labels.tolist(),
+    }
+    return run_and_encode(generator, z, labels, fmt, f"{spec.name}-v{spec.version}", headers, fields)
 
 
 def run_and_encode(
@@ -218,49 +222,36 @@ def run_and_encode(
     z: np.ndarray,
     labels: np.ndarray | None,
     fmt: str,
-    encode: Callable[[np.ndarray], Response],
+    stem: str,
+    headers: dict[str, str],
+    fields: dict[str, Any],
+    ncol: int | None = None,
 ) -> Response:
-    """Run the model on ``z``, encode its images, and count both: the generation metrics and
-    the access log's image count."""
+    """Run the model on ``z`` and answer in ``fmt``, counting the generation in the metrics and
+    the access log: ``npy`` (the float32 images), ``png`` (one grid of ``ncol`` columns, by
+    default the grid rule's) or ``json`` (``fields``, then the base64 PNG of each image).
+    ``stem`` names the download; ``headers`` are added to the response."""
     spec = generator.spec
     started = perf_counter()
     images = generator.generate(z, labels)
     generated = perf_counter()
-    response = encode(images)
+    if fmt == "npy":
+        headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
+        response = Response(imaging.npy_bytes(images), mimetype="application/x-npy", headers=headers)
+    else:
+        tiles = imaging.to_uint8(images)
+        if fmt == "png":
+            headers["Content-Disposition"] = f'inline; filename="{stem}.png"'
+            grid = imaging.png_bytes(imaging.grid(tiles, ncol=ncol))
+            response = Response(grid, mimetype="image/png", headers=headers)
+        else:
+            pngs = [base64.b64encode(imaging.png_bytes(t)).decode("ascii") for t in tiles]
+            response = jsonify(fields | {"images": pngs})
+            response.headers.update(headers)
     metrics.observe_generation(
         spec.name, spec.version, len(z), fmt, generated - started, perf_counter() - generated
     )
     request.environ[ENV_IMAGES] = len(z)
-    return response
-
-
-def _encode(
-    images: np.ndarray,
-    fmt: str,
-    spec: ModelVersion,
-    seeds: list[int] | None,
-    labels: np.ndarray | None,
-    headers: dict[str, str],
-) -> Response:
-    """The response body of ``images`` in format ``fmt``, with ``headers``."""
-    stem = f"{spec.name}-v{spec.version}"
-    if fmt == "npy":
-        headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
-        return Response(imaging.npy_bytes(images), mimetype="application/x-npy", headers=headers)
-    tiles = imaging.to_uint8(images)
-    if fmt == "png":
-        headers["Content-Disposition"] = f'inline; filename="{stem}.png"'
-        grid = imaging.png_bytes(imaging.grid(tiles))
-        return Response(grid, mimetype="image/png", headers=headers)
-    response = jsonify(
-        model=spec.name,
-        version=spec.version,
-        shape=list(images.shape),
-        seeds=seeds,
-        labels=None if labels is None else labels.tolist(),
-        images=[base64.b64encode(imaging.png_bytes(t)).decode("ascii") for t in tiles],
-    )
-    response.headers.update(headers)
     return response
 
 

@@ -9,14 +9,13 @@ those of the two seeds.
 
 from __future__ import annotations
 
-import base64
 import functools
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
-from serve import imaging, latent
+from serve import latent
 from serve.api import _labels, _noise, json_body, run_and_encode, state  # /generate's machinery
 from serve.errors import ApiError
 from serve.instrument import ENV_MODEL, ENV_VERSION
@@ -158,9 +157,20 @@ def interpolate() -> Response:
     labels = _frame_labels(body.get("labels"), steps, spec, seeds)
 
     z = latent.interpolate(ends[0], ends[1], steps, method)
-    return run_and_encode(
-        generator, z, labels, fmt, lambda images: _encode(images, fmt, spec, method, seeds, labels)
-    )
+    fields = {} if fmt != "json" else {
+        "model": spec.name,
+        "version": spec.version,
+        "method": method,
+        "steps": steps,
+        "shape": [steps, *spec.image_shape],
+        "seeds": seeds,
+        "labels": None if labels is None else labels.tolist(),
+        "t": latent.interpolation_times(steps),
+    }
+    headers = {NAME_HEADER: spec.name, VERSION_HEADER: str(spec.version)}
+    stem = f"{spec.name}-v{spec.version}-{method}"
+    # The frames in one PNG strip: a row of ``steps`` columns.
+    return run_and_encode(generator, z, labels, fmt, stem, headers, fields, ncol=steps)
 
 
 def _ends(rows: list[list[float]], size: int) -> np.ndarray:
@@ -186,40 +196,6 @@ def _frame_labels(
         # t_i < 1/2, that is 2 i < steps - 1: the first seed's class; from t = 1/2 on, the last's.
         return np.array([first if 2 * i < steps - 1 else last for i in range(steps)], dtype=np.int64)
     return _labels(labels, steps, spec, None)
-
-
-def _encode(
-    images: np.ndarray,
-    fmt: str,
-    spec: ModelVersion,
-    method: str,
-    seeds: list[int] | None,
-    labels: np.ndarray | None,
-) -> Response:
-    """The frames in format ``fmt``: JSON of base64 PNGs, one PNG strip, or ``.npy``."""
-    stem = f"{spec.name}-v{spec.version}-{method}"
-    headers = {NAME_HEADER: spec.name, VERSION_HEADER: str(spec.version)}
-    if fmt == "npy":
-        headers["Content-Disposition"] = f'attachment; filename="{stem}.npy"'
-        return Response(imaging.npy_bytes(images), mimetype="application/x-npy", headers=headers)
-    tiles = imaging.to_uint8(images)
-    if fmt == "png":
-        headers["Content-Disposition"] = f'inline; filename="{stem}.png"'
-        strip = imaging.png_bytes(imaging.grid(tiles, ncol=len(tiles)))
-        return Response(strip, mimetype="image/png", headers=headers)
-    response = jsonify(
-        model=spec.name,
-        version=spec.version,
-        method=method,
-        steps=len(images),
-        shape=list(images.shape),
-        seeds=seeds,
-        labels=None if labels is None else labels.tolist(),
-        t=latent.interpolation_times(len(images)),
-        images=[base64.b64encode(imaging.png_bytes(t)).decode("ascii") for t in tiles],
-    )
-    response.headers.update(headers)
-    return response
 
 
 def document(spec: dict[str, Any], max_samples: int, max_body_bytes: int) -> None:
