@@ -15,7 +15,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers.server import Server
+from helpers.server import SPREAD_ATTEMPTS, Server
 from helpers.tiny_models import LATENT, write_model, write_repository
 
 from serve import api, imaging, latent
@@ -23,7 +23,6 @@ from serve.app import create_app
 from serve.model import OnnxGenerator
 
 IMMUTABLE = "public, max-age=31536000, immutable"
-ATTEMPTS = 400  # requests to try before concluding that one worker takes every connection
 ETAG_RE = re.compile(r'"[0-9a-f]{32}"')
 
 
@@ -54,7 +53,7 @@ def etag_of(response: requests.Response) -> str:
 def test_etag_is_the_same_from_every_worker_and_every_call(server: Server) -> None:
     # method -> worker pid -> the (ETag, body) pairs it answered with; new connection each time.
     seen: dict[str, dict[str, set[tuple[str, bytes]]]] = {"GET": {}, "POST": {}}
-    for _ in range(ATTEMPTS):
+    for _ in range(SPREAD_ATTEMPTS):
         for response in (
             get(server, "seed=7&n=3", Connection="close"),
             post(server, {"seeds": [7, 8], "format": "npy"}, Connection="close"),

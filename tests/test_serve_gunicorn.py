@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from helpers.server import Server, assert_start_refused
+from helpers.server import SPREAD_ATTEMPTS, Server, assert_start_refused
 from helpers.tiny_models import LATENT, corrupt_sha, write_model, write_repository, wrong_output_shape
 
 from serve import latent
-
-ATTEMPTS = 400  # requests to try before concluding that one worker takes every connection
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +91,7 @@ def test_pinned_version_outside_the_policy_is_served(server: Server) -> None:
 def collect_by_worker(server: Server, body: dict) -> dict[str, set[bytes]]:
     """PNG bytes per worker pid, one new connection per request, until two workers answered."""
     seen: dict[str, set[bytes]] = {}
-    for _ in range(ATTEMPTS):
+    for _ in range(SPREAD_ATTEMPTS):
         response = post(server, body, Connection="close")
         assert response.status_code == 200
         png = base64.b64decode(response.json()["images"][0])
@@ -105,7 +103,7 @@ def collect_by_worker(server: Server, body: dict) -> dict[str, set[bytes]]:
 
 def test_same_bytes_from_every_worker(server: Server) -> None:
     seen = collect_by_worker(server, {"seeds": [123]})
-    assert len(seen) == 2, f"only worker {list(seen)} answered {ATTEMPTS} requests"
+    assert len(seen) == 2, f"only worker {list(seen)} answered {SPREAD_ATTEMPTS} requests"
     assert len(set().union(*seen.values())) == 1
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers.server import Server
+from helpers.server import SPREAD_ATTEMPTS, Server
 from helpers.tiny_models import CLASSES, LATENT, SHAPE, write_repository
 from openapi_spec_validator import validate as validate_openapi
 from PIL import Image
@@ -32,7 +32,6 @@ from serve.schema import validate
 C, H, W = SHAPE
 K = len(CLASSES)
 METHODS = ("slerp", "lerp")
-ATTEMPTS = 60  # requests, each on a new connection, until both workers have answered
 
 
 # --- The math, against references written from the documentation -------------------------
@@ -390,14 +389,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, gunicorn: Callable[..., Ser
 def test_same_bytes_from_every_worker(server: Server) -> None:
     body = {"model": "cond", "seeds": [17, 2**40], "steps": 9, "format": "png"}
     seen: dict[str, set[bytes]] = {}
-    for _ in range(ATTEMPTS):
+    for _ in range(SPREAD_ATTEMPTS):
         response = requests.post(f"{server.url}/interpolate", json=body, timeout=30,
                                  headers={"Connection": "close"})
         assert response.status_code == 200
         seen.setdefault(response.headers["X-Worker-Pid"], set()).add(response.content)
         if len(seen) == 2:
             break
-    assert len(seen) == 2, f"only worker {list(seen)} answered {ATTEMPTS} requests"
+    assert len(seen) == 2, f"only worker {list(seen)} answered {SPREAD_ATTEMPTS} requests"
     assert len(set().union(*seen.values())) == 1
 
 

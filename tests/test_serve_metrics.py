@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 from flask.testing import FlaskClient
-from helpers.server import Server, assert_start_refused, start_gunicorn
+from helpers.server import SPREAD_ATTEMPTS, Server, assert_start_refused, start_gunicorn
 from helpers.tiny_models import write_repository
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.metrics import BUCKETS
 from serve.repository import read_spec
 
-ATTEMPTS = 400  # requests to try before concluding that one worker takes every connection
 FORMATS = ("json", "png", "npy")
 
 
@@ -46,7 +45,7 @@ def spread_generate(server: Server, minimum: int) -> tuple[Counter[str], Counter
     pids: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     images = 0
-    for i in range(ATTEMPTS):
+    for i in range(SPREAD_ATTEMPTS):
         if len(pids) == 2 and i >= minimum:
             break
         n, fmt = 1 + i % 3, FORMATS[i % len(FORMATS)]
@@ -58,8 +57,18 @@ def spread_generate(server: Server, minimum: int) -> tuple[Counter[str], Counter
         pids[response.headers["X-Worker-Pid"]] += 1
         formats[fmt] += 1
         images += n
-    assert len(pids) == 2, f"only worker {list(pids)} answered {ATTEMPTS} requests"
+    assert len(pids) == 2, f"only worker {list(pids)} answered {SPREAD_ATTEMPTS} requests"
     return pids, formats, images
+
+
+def two_workers(
+    repo: Path, tmp_path: Path, gunicorn: Callable[..., Server]
+) -> tuple[Server, Path]:
+    """Two workers on the tiny models, their metrics in a directory of the test's own."""
+    metrics_dir = tmp_path / "metrics"
+    server = gunicorn(GAN_MODELS_DIR=str(repo), GAN_WORKERS="2", GAN_DEFAULT_MODEL="tiny",
+                      GAN_METRICS_DIR=str(metrics_dir), GAN_RELOAD_INTERVAL="0")
+    return server, metrics_dir
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +79,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_counts_add_up_across_workers(
     repo: Path, tmp_path: Path, gunicorn: Callable[..., Server]
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    server = gunicorn(GAN_MODELS_DIR=str(repo), GAN_WORKERS="2", GAN_DEFAULT_MODEL="tiny",
-                      GAN_METRICS_DIR=str(metrics_dir), GAN_RELOAD_INTERVAL="0")
+    server, metrics_dir = two_workers(repo, tmp_path, gunicorn)
     pids, formats, images = spread_generate(server, minimum=30)
     sent = sum(pids.values())
     for _ in range(3):
@@ -121,9 +128,7 @@ def test_counts_add_up_across_workers(
 def test_killed_worker_is_marked_dead(
     repo: Path, tmp_path: Path, gunicorn: Callable[..., Server]
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    server = gunicorn(GAN_MODELS_DIR=str(repo), GAN_WORKERS="2", GAN_DEFAULT_MODEL="tiny",
-                      GAN_METRICS_DIR=str(metrics_dir), GAN_RELOAD_INTERVAL="0")
+    server, metrics_dir = two_workers(repo, tmp_path, gunicorn)
     pids, _, images = spread_generate(server, minimum=10)
     sent = sum(pids.values())
     victim = int(next(iter(pids)))
@@ -161,9 +166,7 @@ def test_workers_replaced_by_a_hup_are_marked_dead(
     repo: Path, tmp_path: Path, gunicorn: Callable[..., Server]
 ) -> None:
     # A HUP re-reads the config file and replaces every worker: child_exit must still work.
-    metrics_dir = tmp_path / "metrics"
-    server = gunicorn(GAN_MODELS_DIR=str(repo), GAN_WORKERS="2", GAN_DEFAULT_MODEL="tiny",
-                      GAN_METRICS_DIR=str(metrics_dir), GAN_RELOAD_INTERVAL="0")
+    server, metrics_dir = two_workers(repo, tmp_path, gunicorn)
     old, _, _ = spread_generate(server, minimum=4)
     server.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 60

@@ -24,6 +24,11 @@ START_TIMEOUT = 60.0  # seconds for gunicorn to become ready: a bound, not an ex
 POLL_INTERVAL = 0.1  # seconds between readiness polls, not an assertion
 STOP_GRACE = 30.0  # seconds a stopping server gets before SIGKILL
 
+# Requests (each on a new connection) to send before concluding that one worker takes every
+# connection: gunicorn's workers race for each accept, and on a busy host one can win many
+# in a row.
+SPREAD_ATTEMPTS = 400
+
 
 def gunicorn_env(**settings: str) -> dict[str, str]:
     """The test process's environment without GAN_ variables, plus ``settings``."""
